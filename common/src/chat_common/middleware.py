@@ -1,0 +1,73 @@
+"""Pure-ASGI middleware (no BaseHTTPMiddleware: it buffers and slows streaming responses)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chat_common import context
+
+__all__ = ["RequestContextMiddleware"]
+
+_HEADER = context.REQUEST_ID_HEADER.lower().encode()
+_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class RequestContextMiddleware:
+    """Accepts or generates ``X-Request-ID``, returns it, and writes one JSON access line per request.
+
+    The access line carries route, status, latency_ms (until the last byte, streams included) and any
+    fields the handler put into :func:`chat_common.context.access_fields` (such as ``model``).
+    Probes (/health, /ready, /metrics) are logged at DEBUG so they do not drown the log.
+    """
+
+    def __init__(self, app: ASGIApp, logger_name: str = "access") -> None:
+        self.app = app
+        self.logger = logging.getLogger(logger_name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == _HEADER:
+                incoming = value.decode("latin-1")
+                break
+        rid = incoming if context.valid_request_id(incoming) else context.new_request_id()
+        fields: dict[str, Any] = {}
+        rid_token = context._request_id.set(rid)
+        fields_token = context._access_fields.set(fields)
+        started = time.perf_counter()
+        status = 500
+        rid_header = (_HEADER, rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope["path"]
+            level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
+            if self.logger.isEnabledFor(level):
+                self.logger.log(
+                    level,
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": path,
+                        "status": status,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                        **fields,
+                    },
+                )
+            context._access_fields.reset(fields_token)
+            context._request_id.reset(rid_token)

@@ -1,0 +1,1 @@
+"""Switchboard API gateway: one OpenAI-compatible API in front of every model service."""

@@ -1,0 +1,49 @@
+"""Settings of the gateway, read from ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    services: dict[str, list[str]] = Field(
+        default_factory=lambda: {"inference-gguf": ["http://127.0.0.1:8001"]},
+        description="Model services as JSON: service name -> list of replica base URLs. The gateway asks "
+        "each replica's /v1/models which models it serves.",
+    )
+    refresh_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between two reads of every replica's /v1/models."
+    )
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a service, in seconds.")
+    read_timeout_s: float = Field(
+        300.0, gt=0,
+        description="Longest wait for a service's next bytes (the first token, or the next chunk of a "
+        "stream), in seconds; past it the request fails with 503.",
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger is 413.")
+    max_upstream_connections: int = Field(
+        512, ge=1, description="Connections the gateway keeps open to all services together."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("services")
+    @classmethod
+    def _urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not value:
+            raise ValueError("at least one service is needed")
+        for name, urls in value.items():
+            if not urls:
+                raise ValueError(f"service '{name}' has no replica URL")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
+        return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}

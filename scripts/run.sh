@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start every service with honcho (Procfile), wait until the gateway is ready, print how to use it.
+# Ctrl-C stops everything. Settings come from the environment and from ./.env (honcho reads it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+honcho start -f Procfile &
+honcho_pid=$!
+trap 'kill -TERM "$honcho_pid" 2>/dev/null; wait "$honcho_pid" 2>/dev/null' INT TERM EXIT
+
+url="http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8000}"
+python scripts/wait_ready.py "$url" --timeout 300 --pid "$honcho_pid"
+cat <<MSG
+
+Switchboard is ready: $url  (OpenAI-compatible; models: curl $url/v1/models)
+
+  curl $url/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
+
+Press Ctrl-C to stop.
+MSG
+wait "$honcho_pid"

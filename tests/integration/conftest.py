@@ -1,0 +1,54 @@
+"""Real services, started once per test session on free ports: inference-gguf on the bundled model
+(served twice: under its own id and as 'finetune-chat' with seed 003's sampling defaults) and the
+gateway in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from inference_gguf.catalog import bundled_model_path
+from tests.services import Service, free_port, start_service
+
+MODEL = "smollm2-135m-instruct"
+SEED_003_STOPS = ["</s>", "User:", "\nUser:", "Human:", "\nHuman:", "Question:", "\nQuestion:", "\n\n\n",
+                  "Example:", "Here's an", "Let me"]
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def inference(logs: Path) -> Iterator[Service]:
+    config = logs / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": [{
+        "id": "finetune-chat", "path": str(bundled_model_path()), "n_ctx": 2048,
+        "defaults": {"repeat_penalty": 1.1, "top_k": 40, "top_p": 0.9, "temperature": 0.5, "max_tokens": 150,
+                     "stop": SEED_003_STOPS}}]}))
+    port = free_port()
+    service = start_service("inference-gguf", ["-m", "inference_gguf"], {
+        "INFERENCE_GGUF_PORT": str(port), "INFERENCE_GGUF_MODELS_DIR": str(logs / "no-models"),
+        "INFERENCE_GGUF_MODELS_CONFIG": str(config), "INFERENCE_GGUF_MAX_QUEUE": "2",
+        "INFERENCE_GGUF_N_THREADS": "2"}, port, logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(inference: Service, logs: Path) -> Iterator[Service]:
+    port = free_port()
+    service = start_service("gateway", ["-m", "gateway"], {
+        "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}'}, port, logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def client(gateway: Service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -1,0 +1,169 @@
+"""The official openai SDK against the real gateway and the real inference-gguf service.
+
+Expected answers are llama.cpp's own server's greedy answers for the same model and prompt
+(tests/inference_gguf/data/llama_server_reference.json): at temperature 0 the output is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import MODEL
+from tests.services import Service, free_port, start_service
+
+pytestmark = pytest.mark.integration
+
+REFERENCE = json.loads(
+    (Path(__file__).parents[1] / "inference_gguf" / "data" / "llama_server_reference.json").read_text())
+FRANCE = REFERENCE["cases"][0]
+QUESTION = FRANCE["messages"][0]["content"]
+
+
+def _metric(service: Service, name: str, **labels: str) -> float:
+    text = httpx.get(f"{service.url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_models_of_the_service_are_listed(client: openai.OpenAI) -> None:
+    ids = {m.id: m.owned_by for m in client.models.list()}
+    assert ids == {MODEL: "inference-gguf", "finetune-chat": "inference-gguf"}
+
+
+def test_non_streamed_answer_and_usage(client: openai.OpenAI, gateway: Service, inference: Service) -> None:
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
+        extra_headers={"X-Request-ID": "sdk-non-stream-1"})
+    assert response.choices[0].message.content == FRANCE["content"]
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage is not None
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (
+        FRANCE["usage"]["prompt_tokens"], FRANCE["usage"]["completion_tokens"])
+    for service in (gateway, inference):  # the request id crossed both hops and is in both JSON logs
+        lines = [json.loads(line) for line in service.log().splitlines() if "sdk-non-stream-1" in line]
+        assert any(line.get("route") == "/v1/chat/completions" and line["status"] == 200 for line in lines)
+
+
+def test_streamed_answer_is_the_same_text(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == FRANCE["content"]
+    assert finish == ["stop"]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == FRANCE["usage"]["completion_tokens"]
+
+
+def test_stop_sequences_and_max_tokens(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    stopped = client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
+                                             stop=["classic", "never"])
+    assert stopped.choices[0].message.content == "The answer to this "
+    assert stopped.choices[0].finish_reason == "stop"
+    limited = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
+    assert limited.choices[0].finish_reason == "length"
+    assert limited.usage is not None and limited.usage.completion_tokens == 4
+
+
+def test_per_model_defaults_apply(client: openai.OpenAI) -> None:
+    """'finetune-chat' carries seed 003's defaults, max_tokens 150 among them."""
+    response = client.chat.completions.create(
+        model="finetune-chat", messages=[{"role": "user", "content": "Tell me about the sea."}],
+        stop=[], extra_body={"ignore_eos": True})
+    assert response.usage is not None and response.usage.completion_tokens == 150
+    assert response.choices[0].finish_reason == "length"
+
+
+def test_unknown_model_lists_the_available_ones(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "hi"}])
+    assert MODEL in str(caught.value) and "finetune-chat" in str(caught.value)
+
+
+def test_bad_input_is_a_clear_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="role"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "hi"}])  # type: ignore[misc]
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_counts(client: openai.OpenAI, inference: Service) -> None:
+    before = _metric(inference, "inference_gguf_generation_tokens_total")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * 9000}])
+    message = str(caught.value)
+    assert "maximum context length is 8192 tokens" in message and "9" in message
+    assert caught.value.code == "context_length_exceeded"
+    assert _metric(inference, "inference_gguf_generation_tokens_total") == before  # no model work
+
+
+def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference: Service) -> None:
+    cancelled = _metric(inference, "inference_gguf_requests_total", finish_reason="cancelled")
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count to ten thousand."}], max_tokens=4000,
+        stream=True, extra_body={"ignore_eos": True}, extra_headers={"X-Request-ID": "disconnect-test-1"})
+    for _, _chunk in zip(range(5), stream, strict=False):
+        pass
+    stream.close()  # the client goes away mid-stream
+
+    deadline = time.monotonic() + 30
+    while _metric(inference, "inference_gguf_requests_total", finish_reason="cancelled") == cancelled:
+        assert time.monotonic() < deadline, "the generation was not cancelled"
+        time.sleep(0.1)
+    tokens = _metric(inference, "inference_gguf_generation_tokens_total")
+    time.sleep(0.5)
+    assert _metric(inference, "inference_gguf_generation_tokens_total") == tokens  # nothing decodes any more
+    line = next(json.loads(line) for line in inference.log().splitlines()
+                if "disconnect-test-1" in line and "generation finished" in line)
+    assert line["finish_reason"] == "cancelled"
+    assert line["completion_tokens"] < 1000  # stopped long before max_tokens=4000
+
+
+async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> None:
+    """The service under test keeps at most 2 waiting requests (INFERENCE_GGUF_MAX_QUEUE=2)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 3000,
+            "stream": True, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        running = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+        await running.aiter_raw().__anext__()  # the first one is generating
+        waiting = [await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+                   for _ in range(2)]
+        refused = await http.post("/v1/chat/completions", json=body)
+        for response in (running, *waiting):
+            await response.aclose()
+    assert [w.status_code for w in waiting] == [200, 200]
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "queue_full"
+
+
+def test_a_dead_upstream_is_a_503_that_names_it(logs: Path) -> None:
+    port, gw_port = free_port(), free_port()
+    fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(port)], {}, port, logs)
+    gw = start_service("gateway", ["-m", "gateway"], {
+        "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": f'{{"inference-fake": ["{fake.url}"]}}'}, gw_port, logs)
+    try:
+        sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        assert sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+        fake.stop()
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert "inference-fake" in str(caught.value) and fake.url in str(caught.value)
+    finally:
+        gw.stop()
+        fake.stop()
