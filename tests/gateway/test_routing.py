@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import httpx
+import httpx2 as httpx
 
 from tests.gateway.fakes import Upstream, chat, completion, gateway, models
 

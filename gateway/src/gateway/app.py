@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-import httpx
+import httpx2 as httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
+import httpx2 as httpx
 from starlette.responses import Response
 
 from chat_common import sse

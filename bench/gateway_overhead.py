@@ -1,0 +1,158 @@
+"""The gateway's overhead: the same load sent straight to a zero-latency upstream and through the gateway.
+
+    make bench            # or: .venv/bin/python bench/gateway_overhead.py [--rounds 3] [--requests 300]
+
+Starts ``bench/fake_upstream.py`` and the real gateway (default settings, pointed at the fake) as
+subprocesses, then for concurrency 1 and 32, streaming and not, sends the same requests both ways.
+Direct and gateway passes alternate over several rounds so that drift on a shared machine hits both.
+Prints p50/p99 latency, p50 time to first byte and requests/s for each, and the two target ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.services import free_port, start_service
+
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16}
+
+
+@dataclass
+class Samples:
+    latency: list[float] = field(default_factory=list)
+    ttfb: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def add(self, other: Samples) -> None:
+        self.latency += other.latency
+        self.ttfb += other.ttfb
+        self.elapsed += other.elapsed
+
+    def summary(self) -> dict[str, float]:
+        lat = sorted(self.latency)
+        return {
+            "p50_ms": statistics.median(lat) * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
+            "ttfb_p50_ms": statistics.median(self.ttfb) * 1000,
+            "rps": len(lat) / self.elapsed,
+            "requests": len(lat),
+        }
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes, samples: Samples) -> None:
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        first = await response.content.readany()
+        samples.ttfb.append(time.perf_counter() - started)
+        rest = await response.read()
+        if response.status != 200 or not (first + rest):
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+    samples.latency.append(time.perf_counter() - started)
+
+
+async def run_load(base: str, *, stream: bool, concurrency: int, requests: int) -> Samples:
+    url = f"{base}/v1/chat/completions"
+    body = json.dumps({**BODY, "stream": stream}, separators=(",", ":")).encode()
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    samples = Samples()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(concurrency):  # warm the connections
+            await _one(session, url, body, Samples())
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await _one(session, url, body, samples)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        samples.elapsed = time.perf_counter() - started
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=300, help="requests per pass at concurrency 1")
+    parser.add_argument("--requests-concurrent", type=int, default=1600, help="requests per pass at 32")
+    parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per streamed answer")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    up_port, gw_port = free_port(), free_port()
+    fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port), "--chunks",
+                                           str(args.chunks)], {}, up_port, logs)
+    gateway = start_service("gateway", ["-m", "gateway"], {
+        "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
+        gw_port, logs)
+    scenarios = [(1, False), (1, True), (32, False), (32, True)]
+    totals = {(target, c, s): Samples() for target in ("direct", "gateway") for c, s in scenarios}
+    try:
+        for round_ in range(args.rounds):
+            for concurrency, stream in scenarios:
+                n = args.requests if concurrency == 1 else args.requests_concurrent
+                order = [("direct", fake.url), ("gateway", gateway.url)]
+                if round_ % 2:
+                    order.reverse()
+                for target, base in order:
+                    samples = asyncio.run(run_load(base, stream=stream, concurrency=concurrency, requests=n))
+                    totals[(target, concurrency, stream)].add(samples)
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        gateway.stop()
+        fake.stop()
+
+    rows = []
+    for concurrency, stream in scenarios:
+        direct = totals[("direct", concurrency, stream)].summary()
+        via = totals[("gateway", concurrency, stream)].summary()
+        rows.append({"concurrency": concurrency, "stream": stream, "direct": direct, "gateway": via,
+                     "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"]})
+
+    print(f"\nmachine: {platform.node()} {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
+    print(f"{args.rounds} rounds; {args.chunks} SSE chunks per streamed answer\n")
+    print("| concurrency | stream | path | p50 ms | p99 ms | TTFB p50 ms | req/s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        for target in ("direct", "gateway"):
+            s = row[target]
+            print(f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {target} | {s['p50_ms']:.3f} | "
+                  f"{s['p99_ms']:.3f} | {s['ttfb_p50_ms']:.3f} | {s['rps']:.0f} |")
+    print()
+    for row in rows:
+        print(f"concurrency {row['concurrency']:>2}, stream={row['stream']!s:5}: added p50 "
+              f"{row['added_p50_ms']:.3f} ms, gateway/direct throughput {row['rps_ratio']:.2f}x")
+    c1 = [r for r in rows if r["concurrency"] == 1]
+    c32_stream = next(r for r in rows if r["concurrency"] == 32 and r["stream"])
+    worst_added = max(r["added_p50_ms"] for r in c1)
+    print(f"\ntarget added p50 at concurrency 1 <= 1 ms: {worst_added:.3f} ms "
+          f"({'met' if worst_added <= 1 else 'NOT met'})")
+    print(f"target streaming throughput at concurrency 32 >= 0.5x direct: {c32_stream['rps_ratio']:.2f}x "
+          f"({'met' if c32_stream['rps_ratio'] >= 0.5 else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()
