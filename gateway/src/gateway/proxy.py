@@ -20,7 +20,7 @@ from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
 from chat_common.sse import EventStreamResponse
 from gateway.metrics import GatewayMetrics
-from gateway.registry import Registry, Replica, _describe
+from gateway.registry import Registry, Replica, describe_error
 
 __all__ = ["Proxy"]
 
@@ -68,9 +68,9 @@ class Proxy:
                     release()
             except _RETRYABLE as exc:
                 release()
-                failures.append(f"{replica.url}: {_describe(exc)}")
+                failures.append(f"{replica.url}: {describe_error(exc)}")
                 self.metrics.upstream_failures.labels(replica.service, "connect").inc()
-                self.registry.mark_unreachable(replica, _describe(exc))
+                self.registry.mark_unreachable(replica, describe_error(exc))
             except httpx.TimeoutException as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
@@ -80,7 +80,7 @@ class Proxy:
             except httpx.HTTPError as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
-                raise APIError(503, f"The service '{replica.service}' ({replica.url}) failed: {_describe(exc)}.",
+                raise APIError(503, f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
                                code="upstream_error") from exc
             except BaseException:
                 release()
@@ -140,7 +140,7 @@ class Proxy:
         except httpx.TimeoutException:
             problem = f"no data for {self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S)"
         except httpx.HTTPError as exc:
-            problem = _describe(exc)
+            problem = describe_error(exc)
         if not finished:
             self.metrics.upstream_failures.labels(replica.service, "stream_cut").inc()
             logger.warning("upstream stream cut short", extra={"service": replica.service, "url": replica.url,

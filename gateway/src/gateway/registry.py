@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-__all__ = ["Registry", "Replica"]
+__all__ = ["Registry", "Replica", "describe_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class Registry:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             if replica.reachable or replica.error == "not read yet":
                 logger.warning("service replica unreachable", extra={
-                    "service": replica.service, "url": replica.url, "error": _describe(exc)})
-            replica.reachable, replica.error = False, _describe(exc)
+                    "service": replica.service, "url": replica.url, "error": describe_error(exc)})
+            replica.reachable, replica.error = False, describe_error(exc)
 
     def _rebuild(self) -> None:
         routes: dict[str, list[Replica]] = {}
@@ -111,10 +111,6 @@ class Registry:
         replica.reachable, replica.error = False, error
         self._rebuild()
 
-    def services_of(self, model: str) -> str | None:
-        replicas = self._routes.get(model)
-        return replicas[0].service if replicas else None
-
     @property
     def model_ids(self) -> list[str]:
         return sorted(self._cards)
@@ -126,6 +122,6 @@ class Registry:
         return [r for r in self.replicas if not r.reachable]
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -289,15 +289,7 @@ class LlamaEngine:
     def n_ctx(self) -> int:
         return int(self._llm.n_ctx())
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
     # -- prompt ------------------------------------------------------------------------------------
-    @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
     def render(self, messages: list[dict[str, str]]) -> str:
         """The prompt exactly as the model's own chat template writes it, ready for the assistant's turn."""
         if self._template is None:
