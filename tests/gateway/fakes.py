@@ -1,53 +1,136 @@
-"""A scriptable upstream at the httpx transport boundary, for the gateway's unit tests."""
+"""Scriptable model-service replicas for the gateway's tests: real HTTP servers on free local ports.
+
+Each :class:`Replica` is an aiohttp web server that answers the paths it was given and records every
+request it saw, so the gateway's real upstream client (pooling, timeouts, chunked streams, refused
+connections) is what gets tested.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
-import httpx2 as httpx
+import httpx
 import orjson
-from fastapi import FastAPI
+from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import Gateway
 from gateway.config import Settings
+from tests.services import free_port
 
-Handler = Callable[[httpx.Request], httpx.Response]
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
 
 
-def models(*ids: str, owner: str = "inference-gguf") -> httpx.Response:
-    return httpx.Response(200, json={"object": "list", "data": [
+@dataclass
+class Reply:
+    status: int = 200
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    events: list[bytes] | None = None  # an SSE body, written piece by piece
+    end: str = "done"  # how a streamed body ends: "done" (normally), "abort" (connection dropped), "hang"
+    delay_s: float = 0.0
+
+
+Handler = Callable[[Seen], Reply | Awaitable[Reply]]
+
+
+def models(*ids: str, owner: str = "inference-gguf") -> Reply:
+    return Reply(payload={"object": "list", "data": [
         {"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]})
 
 
-class Upstream:
-    """Routes by (host, path); records every request it saw."""
+def completion(content: str = "hello") -> Reply:
+    return Reply(payload={"id": "c", "object": "chat.completion", "created": 0, "model": "m1",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                       "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+def sse(events: list[bytes], end: str = "done") -> Reply:
+    return Reply(events=events, end=end)
+
+
+class Replica:
+    """One fake service replica. ``url`` is fixed at creation; the server runs between start and stop."""
 
     def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], Handler] = {}
-        self.seen: list[httpx.Request] = []
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.routes: dict[str, Handler] = {}
+        self.seen: list[Seen] = []
+        self._runner: web.AppRunner | None = None
 
-    def on(self, url: str, handler: Handler) -> None:
-        request = httpx.Request("GET", url)
-        self.routes[(request.url.netloc.decode(), request.url.path)] = handler
+    def on(self, path: str, handler: Handler) -> Replica:
+        self.routes[path] = handler
+        return self
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(request)
-        handler = self.routes.get((request.url.netloc.decode(), request.url.path))
+    def chat_requests(self) -> list[Seen]:
+        return [r for r in self.seen if r.path == "/v1/chat/completions"]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a request's handler stops when its client leaves, as in the real services
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", int(self.url.rsplit(":", 1)[1])).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(request.method, request.path, dict(request.headers), await request.read())
+        self.seen.append(seen)
+        handler = self.routes.get(request.path)
         if handler is None:
-            raise httpx.ConnectError("connection refused", request=request)
-        return handler(request)
-
-    def chat_requests(self) -> list[httpx.Request]:
-        return [r for r in self.seen if r.url.path == "/v1/chat/completions"]
+            return web.json_response({"error": {"message": "no such route"}}, status=404)
+        reply = handler(seen)
+        if not isinstance(reply, Reply):
+            reply = await reply
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.events is None:
+            return web.Response(body=orjson.dumps(reply.payload), status=reply.status,
+                                headers={"Content-Type": "application/json", **reply.headers})
+        response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in reply.events:
+            await response.write(event)
+            await asyncio.sleep(0.01)  # separate pieces on the wire
+        if reply.end == "hang":
+            await asyncio.sleep(3600)  # ends when the client closes the connection
+        if reply.end == "abort":
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
 
 
 @asynccontextmanager
-async def gateway(upstream: Upstream, services: dict[str, list[str]], **settings: object
-                  ) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(Settings(services=services, **settings),  # type: ignore[arg-type]
-                              transport=httpx.MockTransport(upstream))
-    async with app.router.lifespan_context(app):
+async def running(*replicas: Replica) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        for replica in replicas:
+            await replica.start()
+            stack.push_async_callback(replica.stop)
+        yield
+
+
+@asynccontextmanager
+async def gateway(services: dict[str, list[str]], **settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The real gateway app (lifespan included) behind an in-process httpx client."""
+    app = Gateway(Settings(services=services, **settings))  # type: ignore[arg-type]
+    async with app.api.router.lifespan_context(app.api):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
@@ -57,8 +140,6 @@ def chat(model: str = "m1", **extra: object) -> bytes:
     return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra})
 
 
-def completion(content: str = "hello") -> httpx.Response:
-    return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "m1",
-                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                                  "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+def dead_url() -> str:
+    """A local address where nothing listens: connections to it are refused."""
+    return f"http://127.0.0.1:{free_port()}"

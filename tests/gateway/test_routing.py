@@ -1,31 +1,24 @@
 from __future__ import annotations
 
-import httpx2 as httpx
+import asyncio
 
-from tests.gateway.fakes import Upstream, chat, completion, gateway, models
-
-GGUF = "http://gguf:8001"
-GGUF2 = "http://gguf-2:8001"
-HF = "http://hf:8002"
+from tests.gateway.fakes import Replica, Reply, chat, completion, dead_url, gateway, models, running
 
 
 async def test_models_are_discovered_from_every_service() -> None:
-    upstream = Upstream()
-    upstream.on(f"{GGUF}/v1/models", lambda r: models("a", "b"))
-    upstream.on(f"{HF}/v1/models", lambda r: models("c", owner="inference-hf"))
-    async with gateway(upstream, {"inference-gguf": [GGUF], "inference-hf": [HF]}) as client:
+    gguf = Replica().on("/v1/models", lambda r: models("a", "b"))
+    hf = Replica().on("/v1/models", lambda r: models("c", owner="inference-hf"))
+    async with running(gguf, hf), gateway({"inference-gguf": [gguf.url], "inference-hf": [hf.url]}) as client:
         listed = (await client.get("/v1/models")).json()
     assert [(m["id"], m["owned_by"]) for m in listed["data"]] == [
         ("a", "inference-gguf"), ("b", "inference-gguf"), ("c", "inference-hf")]
 
 
 async def test_each_model_goes_to_the_service_that_owns_it() -> None:
-    upstream = Upstream()
-    upstream.on(f"{GGUF}/v1/models", lambda r: models("a"))
-    upstream.on(f"{HF}/v1/models", lambda r: models("c"))
-    upstream.on(f"{GGUF}/v1/chat/completions", lambda r: completion("from gguf"))
-    upstream.on(f"{HF}/v1/chat/completions", lambda r: completion("from hf"))
-    async with gateway(upstream, {"inference-gguf": [GGUF], "inference-hf": [HF]}) as client:
+    gguf = Replica().on("/v1/models", lambda r: models("a")).on("/v1/chat/completions",
+                                                                 lambda r: completion("from gguf"))
+    hf = Replica().on("/v1/models", lambda r: models("c")).on("/v1/chat/completions", lambda r: completion("from hf"))
+    async with running(gguf, hf), gateway({"inference-gguf": [gguf.url], "inference-hf": [hf.url]}) as client:
         a = await client.post("/v1/chat/completions", content=chat("a"))
         c = await client.post("/v1/chat/completions", content=chat("c"))
     assert a.json()["choices"][0]["message"]["content"] == "from gguf"
@@ -33,71 +26,69 @@ async def test_each_model_goes_to_the_service_that_owns_it() -> None:
 
 
 async def test_body_and_request_id_reach_the_upstream_unchanged() -> None:
-    upstream = Upstream()
-    upstream.on(f"{GGUF}/v1/models", lambda r: models("m1"))
-    upstream.on(f"{GGUF}/v1/chat/completions", lambda r: completion())
+    gguf = Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions", lambda r: completion())
     body = chat(temperature=0, some_new_field={"x": 1})
-    async with gateway(upstream, {"inference-gguf": [GGUF]}) as client:
+    async with running(gguf), gateway({"inference-gguf": [gguf.url]}) as client:
         response = await client.post("/v1/chat/completions", content=body, headers={"X-Request-ID": "trace-7"})
-    sent = upstream.chat_requests()[0]
-    assert sent.content == body
-    assert sent.headers["x-request-id"] == "trace-7"
+    sent = gguf.chat_requests()[0]
+    assert sent.body == body
+    assert sent.headers["X-Request-ID"] == "trace-7"
     assert response.headers["x-request-id"] == "trace-7"
 
 
 async def test_a_new_model_is_found_without_waiting_for_the_refresh() -> None:
-    upstream = Upstream()
     served = ["m1"]
-    upstream.on(f"{GGUF}/v1/models", lambda r: models(*served))
-    upstream.on(f"{GGUF}/v1/chat/completions", lambda r: completion())
-    async with gateway(upstream, {"inference-gguf": [GGUF]}, refresh_interval_s=3600) as client:
+    gguf = Replica().on("/v1/models", lambda r: models(*served)).on("/v1/chat/completions", lambda r: completion())
+    async with running(gguf), gateway({"inference-gguf": [gguf.url]}, refresh_interval_s=3600) as client:
         served.append("m2")
-        import asyncio
-
         await asyncio.sleep(1.05)  # the on-demand re-read is rate-limited to once a second
         response = await client.post("/v1/chat/completions", content=chat("m2"))
     assert response.status_code == 200
 
 
-async def test_a_refused_replica_is_skipped_and_the_next_one_answers() -> None:
-    upstream = Upstream()
-    upstream.on(f"{GGUF}/v1/models", lambda r: models("m1"))
-    upstream.on(f"{GGUF2}/v1/models", lambda r: models("m1"))
-    upstream.on(f"{GGUF2}/v1/chat/completions", lambda r: completion("second"))  # the first refuses chats
-    async with gateway(upstream, {"inference-gguf": [GGUF, GGUF2]}) as client:
+async def test_a_replica_that_went_away_is_skipped_and_the_next_one_answers() -> None:
+    first = Replica().on("/v1/models", lambda r: models("m1"))
+    second = Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions",
+                                                                    lambda r: completion("second"))
+    async with running(second), gateway({"inference-gguf": [first.url, second.url]}) as client:
+        await first.start()
+        await asyncio.sleep(1.05)
+        assert (await client.post("/v1/chat/completions", content=chat("not-served"))).status_code == 404
+        assert len((await client.get("/ready")).json()["unreachable"]) == 0  # the re-read found both
+        await first.stop()  # now refuses connections
         answers = [(await client.post("/v1/chat/completions", content=chat())) for _ in range(3)]
-    assert [a.status_code for a in answers] == [200, 200, 200]
-    assert len([r for r in upstream.chat_requests() if r.url.host == "gguf"]) <= 1  # then routed around
+        metrics = (await client.get("/metrics")).text
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+    assert all(a.json()["choices"][0]["message"]["content"] == "second" for a in answers)
+    # one refused connection, then routed around until the next read of the services
+    assert 'gateway_upstream_failures_total{reason="connect",service="inference-gguf"} 1.0' in metrics
 
 
 async def test_requests_spread_over_replicas() -> None:
-    upstream = Upstream()
-    for url in (GGUF, GGUF2):
-        upstream.on(f"{url}/v1/models", lambda r: models("m1"))
-        upstream.on(f"{url}/v1/chat/completions", lambda r: completion())
-    async with gateway(upstream, {"inference-gguf": [GGUF, GGUF2]}) as client:
+    replicas = [Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions",
+                                                                       lambda r: completion()) for _ in range(2)]
+    async with running(*replicas), gateway({"inference-gguf": [r.url for r in replicas]}) as client:
         for _ in range(4):
             await client.post("/v1/chat/completions", content=chat())
-    hosts = [r.url.host for r in upstream.chat_requests()]
-    assert hosts.count("gguf") == 2 and hosts.count("gguf-2") == 2
+    assert [len(r.chat_requests()) for r in replicas] == [2, 2]
 
 
 async def test_ready_reports_unreachable_services() -> None:
-    upstream = Upstream()  # nothing answers
-    async with gateway(upstream, {"inference-gguf": [GGUF]}) as client:
+    url = dead_url()
+    async with gateway({"inference-gguf": [url]}) as client:
         response = await client.get("/ready")
     assert response.status_code == 503
-    assert "inference-gguf at http://gguf:8001" in response.json()["error"]["message"]
+    assert f"inference-gguf at {url}" in response.json()["error"]["message"]
 
 
 async def test_upstream_errors_pass_through_with_their_headers() -> None:
-    upstream = Upstream()
-    upstream.on(f"{GGUF}/v1/models", lambda r: models("m1"))
-    upstream.on(f"{GGUF}/v1/chat/completions", lambda r: httpx.Response(
-        429, headers={"Retry-After": "4"}, json={"error": {"message": "busy", "type": "rate_limit_error",
-                                                            "param": None, "code": "queue_full"}}))
-    async with gateway(upstream, {"inference-gguf": [GGUF]}) as client:
+    busy = Reply(429, {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "queue_full"}},
+                 headers={"Retry-After": "4"})
+    gguf = Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions", lambda r: busy)
+    async with running(gguf), gateway({"inference-gguf": [gguf.url]}) as client:
         response = await client.post("/v1/chat/completions", content=chat())
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == "4"
-    assert response.json()["error"]["code"] == "queue_full"
+        streamed = await client.post("/v1/chat/completions", content=chat(stream=True))
+    for answer in (response, streamed):
+        assert answer.status_code == 429
+        assert answer.headers["retry-after"] == "4"
+        assert answer.json()["error"]["code"] == "queue_full"

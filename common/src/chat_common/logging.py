@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from chat_common.context import request_id
 
@@ -28,7 +28,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     """Route the root logger (and uvicorn's) to stdout as JSON lines. Safe to call more than once."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        OrjsonFormatter(
             "%(asctime)s %(levelname)s %(service)s %(name)s %(message)s %(request_id)s",
             rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
         )

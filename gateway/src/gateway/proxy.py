@@ -1,40 +1,45 @@
 """Forwarding a request to the replica that owns its model, and the response back, unchanged.
 
-Streams pass through byte for byte as they arrive. Only an incomplete SSE event is held back (it is
-useless to a client until its blank line arrives), so that a stream cut short upstream can be closed
-with a well-formed error event and ``data: [DONE]`` instead of half an event — and never with a
-``finish_reason`` the model did not produce.
+Streams pass through byte for byte as they arrive: whatever the upstream socket delivered is written
+to the client in one piece (events are neither split nor re-framed). Only an incomplete SSE event is
+held back (it is useless to a client until its blank line arrives), so that a stream cut short
+upstream can be closed with a well-formed error event and ``data: [DONE]`` instead of half an event,
+and never with a ``finish_reason`` the model did not produce.
+
+The upstream client is aiohttp: its C HTTP parser and its "everything buffered so far" reads keep the
+per-chunk cost low enough for the gateway to relay several thousand streams a second on one core
+(``bench/RESULTS.md`` has the comparison with httpx).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
-import httpx2 as httpx
+import aiohttp
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from chat_common import sse
 from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
-from chat_common.sse import EventStreamResponse
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
 
-__all__ = ["Proxy"]
+__all__ = ["EventStream", "Proxy"]
 
 logger = logging.getLogger(__name__)
 
 _PASSED_BACK = ("content-type", "retry-after")
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout)  # nothing reached the replica: try another
+# Nothing reached the replica: another replica may answer.
+_UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Proxy:
-    def __init__(self, registry: Registry, client: httpx.AsyncClient, metrics: GatewayMetrics,
+    def __init__(self, registry: Registry, session: aiohttp.ClientSession, metrics: GatewayMetrics,
                  read_timeout_s: float) -> None:
         self.registry = registry
-        self.client = client
+        self.session = session
         self.metrics = metrics
         self.read_timeout_s = read_timeout_s
 
@@ -50,34 +55,35 @@ class Proxy:
                            param="model", code="model_not_found")
         return replicas
 
-    async def forward(self, model: str, path: str, body: bytes, *, stream: bool,
-                      disconnected: Callable[[], Awaitable[None]]) -> Response:
+    async def forward(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
+        """POST ``body`` to a replica serving ``model``; its answer as an ASGI response to send on,
+        or an :class:`APIError` 503/404. A cancellation (the client left) drops the upstream request."""
         access_fields()["model"] = model
         replicas = await self.route(model)
-        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
+        headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
         failures: list[str] = []
         for replica in replicas:
-            request = self.client.build_request("POST", replica.url + path, content=body, headers=headers)
             release = _claim(replica)
             try:
+                upstream = await self._send(replica.url + path, body, headers)
                 if stream:
-                    return await self._stream(replica, request, release)
+                    return await self._stream(replica, upstream, release)
                 try:
-                    return await self._complete(request, disconnected)
+                    return await _whole(upstream)
                 finally:
                     release()
-            except _RETRYABLE as exc:
+            except _UNREACHABLE as exc:
                 release()
                 failures.append(f"{replica.url}: {describe_error(exc)}")
                 self.metrics.upstream_failures.labels(replica.service, "connect").inc()
                 self.registry.mark_unreachable(replica, describe_error(exc))
-            except httpx.TimeoutException as exc:
+            except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
                 raise APIError(503, f"The service '{replica.service}' ({replica.url}) did not answer within "
                                f"{self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S).",
                                code="upstream_timeout") from exc
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
                 raise APIError(503, f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
@@ -90,44 +96,42 @@ class Proxy:
                        f"({'; '.join(failures)}). Check that it is running and reachable from the gateway.",
                        code="upstream_unavailable")
 
-    async def _complete(self, request: httpx.Request, disconnected: Callable[[], Awaitable[None]]) -> Response:
-        sending = asyncio.ensure_future(self.client.send(request))
-        watcher = asyncio.ensure_future(disconnected())
+    async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:
-            await asyncio.wait((sending, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not sending.done():  # the client left: closing the upstream request stops the generation
-                sending.cancel()
-                return Response(status_code=499)
-            upstream = sending.result()
-        finally:
-            watcher.cancel()
-            if not sending.done():
-                sending.cancel()
-        return Response(upstream.content, status_code=upstream.status_code, headers=_passed_back(upstream))
+            return await self.session.post(url, data=body, headers=headers)
+        except aiohttp.ClientConnectorError:
+            raise  # no connection could be made: the caller tries another replica
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A pooled keep-alive connection the replica had closed (it restarted, or its idle timeout
+            # passed) fails before any answer starts. The client has been sent nothing and the replica
+            # stops work whose connection is gone, so asking once more on a fresh connection is safe.
+            return await self.session.post(url, data=body, headers=headers)
 
-    async def _stream(self, replica: Replica, request: httpx.Request, release: Callable[[], None]) -> Response:
-        upstream = await self.client.send(request, stream=True)
-        if upstream.status_code != 200 or not upstream.headers.get("content-type", "").startswith(
-                "text/event-stream"):
+    async def _stream(self, replica: Replica, upstream: aiohttp.ClientResponse,
+                      release: Callable[[], None]) -> Response | EventStream:
+        if upstream.status != 200 or upstream.content_type != "text/event-stream":
             try:
-                content = await upstream.aread()
+                return await _whole(upstream)  # an error answer: passed on as it is
             finally:
-                await upstream.aclose()
                 release()
-            return Response(content, status_code=upstream.status_code, headers=_passed_back(upstream))
 
-        async def close() -> None:
-            await upstream.aclose()
+        def close() -> None:
+            # Closing (not releasing) drops the connection, which is how the replica learns that the
+            # client is gone; after a complete stream the connection goes back to the pool instead.
+            if upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
             release()
 
-        return EventStreamResponse(self._relay(replica, upstream), on_close=close)
+        return EventStream(self._relay(replica, upstream), on_close=close)
 
-    async def _relay(self, replica: Replica, upstream: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, replica: Replica, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         held = b""
         finished = False
         problem = "the stream ended without [DONE]"
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 data = held + chunk if held else chunk
                 end = data.rfind(sse.EVENT_END)
                 if end < 0:
@@ -137,9 +141,9 @@ class Proxy:
                 complete, held = data[:end], data[end:]
                 finished = complete.endswith(sse.DONE)
                 yield complete
-        except httpx.TimeoutException:
+        except (TimeoutError, aiohttp.SocketTimeoutError):
             problem = f"no data for {self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S)"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             problem = describe_error(exc)
         if not finished:
             self.metrics.upstream_failures.labels(replica.service, "stream_cut").inc()
@@ -148,6 +152,32 @@ class Proxy:
             yield sse.error_event(f"The service '{replica.service}' stopped the stream early: {problem}.",
                                   type="upstream_error", code="stream_interrupted")
             yield sse.DONE
+
+
+class EventStream:
+    """The relayed SSE response: headers, then each piece as it comes; ``on_close`` runs however it ends.
+
+    Lighter than Starlette's ``StreamingResponse`` (no task group per response): a client that leaves
+    is noticed by :func:`gateway.asgi.cancel_on_disconnect`, which cancels the relay.
+    """
+
+    _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+    status_code = 200
+
+    def __init__(self, pieces: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        self.pieces = pieces
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._HEADERS})
+            async for piece in self.pieces:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.on_close()
 
 
 def _claim(replica: Replica) -> Callable[[], None]:
@@ -164,5 +194,14 @@ def _claim(replica: Replica) -> Callable[[], None]:
     return release
 
 
-def _passed_back(upstream: httpx.Response) -> dict[str, str]:
+async def _whole(upstream: aiohttp.ClientResponse) -> Response:
+    try:
+        content = await upstream.read()
+    except BaseException:  # cut short, or cancelled because the client left:
+        upstream.close()  # dropping the connection is what stops the generation upstream
+        raise
+    return Response(content, status_code=upstream.status, headers=_passed_back(upstream))
+
+
+def _passed_back(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {name: upstream.headers[name] for name in _PASSED_BACK if name in upstream.headers}

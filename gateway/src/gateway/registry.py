@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2 as httpx
+import aiohttp
 
 __all__ = ["Registry", "Replica", "describe_error"]
 
@@ -33,11 +33,11 @@ class Replica:
 
 
 class Registry:
-    def __init__(self, services: dict[str, list[str]], client: httpx.AsyncClient,
+    def __init__(self, services: dict[str, list[str]], session: aiohttp.ClientSession,
                  *, timeout_s: float = 2.0) -> None:
         self.replicas = [Replica(name, url) for name, urls in services.items() for url in urls]
-        self._client = client
-        self._timeout = timeout_s
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._routes: dict[str, list[Replica]] = {}
         self._cards: dict[str, dict[str, Any]] = {}
         self._tiebreak = itertools.count()
@@ -57,12 +57,12 @@ class Registry:
 
     async def _read(self, replica: Replica) -> None:
         try:
-            response = await self._client.get(f"{replica.url}/v1/models", timeout=self._timeout)
-            response.raise_for_status()
-            data = response.json()["data"]
+            async with self._session.get(f"{replica.url}/v1/models", timeout=self._timeout) as response:
+                response.raise_for_status()
+                data = (await response.json(content_type=None))["data"]
             replica.models = {card["id"]: card for card in data}
             replica.reachable, replica.error = True, None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             if replica.reachable or replica.error == "not read yet":
                 logger.warning("service replica unreachable", extra={
                     "service": replica.service, "url": replica.url, "error": describe_error(exc)})

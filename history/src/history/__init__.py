@@ -1,0 +1,1 @@
+"""Switchboard history service: conversations and their messages, in SQLite or MongoDB."""
