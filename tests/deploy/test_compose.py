@@ -14,6 +14,7 @@ import yaml
 from compose_spec import PyCompose
 
 from gateway.config import Settings as GatewaySettings
+from history.config import Settings as HistorySettings
 from inference_gguf.config import Settings as GGUFSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,20 +40,24 @@ def test_compose_file_follows_the_specification() -> None:
     # YAML merge keys (<<) are resolved by the YAML loader, as docker compose does, before validation.
     parsed = PyCompose.from_json(json.dumps(yaml.safe_load(_interpolated(COMPOSE.read_text()))))
     parsed.validate()
-    assert set(parsed.service_names()) == {"gateway", "inference-gguf"}
+    assert set(parsed.service_names()) == {"gateway", "inference-gguf", "history", "mongodb"}
 
 
 def test_every_service_builds_from_its_own_dockerfile(compose: dict) -> None:
     for name, service in compose["services"].items():
+        if name == "mongodb":
+            continue  # the official image
         context = (COMPOSE.parent / service["build"]["context"]).resolve()
         assert (context / service["build"]["dockerfile"]).is_file(), name
         assert service["healthcheck"]["test"][0] == "CMD"
         assert "/ready" in " ".join(service["healthcheck"]["test"])
 
 
-def test_gateway_waits_for_a_healthy_inference_service(compose: dict) -> None:
+def test_gateway_waits_for_healthy_services(compose: dict) -> None:
     gateway = compose["services"]["gateway"]
-    assert gateway["depends_on"] == {"inference-gguf": {"condition": "service_healthy"}}
+    assert gateway["depends_on"] == {"inference-gguf": {"condition": "service_healthy"},
+                                     "history": {"condition": "service_healthy"}}
+    assert gateway["environment"]["GATEWAY_HISTORY_URL"] == "http://history:8004"
     assert "inference-gguf:8001" in gateway["environment"]["GATEWAY_SERVICES"]
     GatewaySettings(services=yaml.safe_load(gateway["environment"]["GATEWAY_SERVICES"]))  # valid value
 
@@ -71,7 +76,7 @@ def test_the_gguf_image_compiles_llama_cpp_with_cuda() -> None:
     assert "INFERENCE_GGUF_N_GPU_LAYERS=-1" in dockerfile
 
 
-@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings])
+@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings, HistorySettings])
 def test_every_setting_is_documented(settings: type) -> None:
     example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
@@ -81,6 +86,16 @@ def test_every_setting_is_documented(settings: type) -> None:
 
 
 def test_env_example_names_only_real_settings() -> None:
-    known = _env_names(GatewaySettings) | _env_names(GGUFSettings) | {"GATEWAY_PUBLISH_PORT"}
+    known = _env_names(GatewaySettings) | _env_names(GGUFSettings) | _env_names(HistorySettings) | {
+        "GATEWAY_PUBLISH_PORT"}
     named = set(re.findall(r"^# ([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert named <= known, named - known
+
+
+def test_history_uses_mongodb_with_a_volume_and_a_healthcheck(compose: dict) -> None:
+    history, mongodb = compose["services"]["history"], compose["services"]["mongodb"]
+    assert history["depends_on"] == {"mongodb": {"condition": "service_healthy"}}
+    assert _interpolated(history["environment"]["HISTORY_MONGODB_URI"]) == "mongodb://mongodb:27017/"
+    assert mongodb["image"].startswith("mongo:")
+    assert any(v.endswith(":/data/db") for v in mongodb["volumes"])
+    assert "ping" in " ".join(mongodb["healthcheck"]["test"])

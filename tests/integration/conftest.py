@@ -1,6 +1,6 @@
 """Real services, started once per test session on free ports: inference-gguf on the bundled model
-(served twice: under its own id and as 'finetune-chat' with seed 003's sampling defaults) and the
-gateway in front of it."""
+(served twice: under its own id and as 'finetune-chat' with seed 003's sampling defaults), the history
+service on SQLite, and the gateway in front of them."""
 
 from __future__ import annotations
 
@@ -41,10 +41,20 @@ def inference(logs: Path) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
-def gateway(inference: Service, logs: Path) -> Iterator[Service]:
+def history(logs: Path) -> Iterator[Service]:
+    port = free_port()
+    service = start_service("history", ["-m", "history"], {
+        "HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")}, port, logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(inference: Service, history: Service, logs: Path) -> Iterator[Service]:
     port = free_port()
     service = start_service("gateway", ["-m", "gateway"], {
-        "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}'}, port, logs)
+        "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}',
+        "GATEWAY_HISTORY_URL": history.url, "GATEWAY_FINETUNE_MODEL": "finetune-chat"}, port, logs)
     yield service
     service.stop()
 

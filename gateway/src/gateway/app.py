@@ -15,11 +15,14 @@ from starlette.types import Receive, Scope, Send
 
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
+from gateway.chat import ChatRoutes
 from gateway.config import Settings
+from gateway.finetune import router as finetune_router
+from gateway.history import HistoryClient
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.registry import Registry
-from gateway.routes import ChatRoute, router
+from gateway.routes import router
 
 __all__ = ["Gateway", "create_app"]
 
@@ -37,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          cookie_jar=aiohttp.DummyCookieJar()) as client:
             registry = Registry(settings.services, client, timeout_s=settings.connect_timeout_s)
+            app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
             app.state.proxy = Proxy(registry, client, GatewayMetrics(CollectorRegistry()), settings.read_timeout_s)
             await registry.refresh()
             refresher = asyncio.create_task(registry.run(settings.refresh_interval_s))
@@ -51,12 +55,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(finetune_router)
     return app
 
 
 class Gateway:
     """The ASGI app the gateway serves: request ids and access lines around everything, the chat hot
-    path (:class:`gateway.routes.ChatRoute`) answered first, and the FastAPI app for the rest.
+    path (:class:`gateway.chat.ChatRoutes`) answered first, and the FastAPI app for the rest.
 
     FastAPI's own per-request layers (telemetry probes, body-limit and exception middleware, routing,
     dependency solving) cost about a third of the streaming throughput, so chat requests skip them.
@@ -65,7 +70,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.api = create_app(settings)
-        self._stack = RequestContextMiddleware(ChatRoute(self.api, state=self.api.state))
+        self._stack = RequestContextMiddleware(ChatRoutes(self.api, state=self.api.state))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)

@@ -33,6 +33,27 @@ class Settings(BaseSettings):
     max_upstream_connections: int = Field(
         512, ge=1, description="Connections the gateway keeps open to all services together."
     )
+    history_url: str | None = Field(
+        "http://127.0.0.1:8004",
+        description="Base URL of the history service, which stores conversations for requests that carry a "
+        "session id. Empty: sessions are off and a session id is refused with 400.",
+    )
+    history_turns: int = Field(
+        10, ge=0, le=500,
+        description="Exchanges (a user message and its answer) of a session put before a new request, newest "
+        "kept; fewer when they would not fit the model's context.",
+    )
+    history_on_error: Literal["fail", "answer"] = Field(
+        "fail",
+        description="When the history service cannot be read: 'fail' answers 503 (nothing is generated that "
+        "could not be stored), 'answer' answers without history and says so in the "
+        "X-Switchboard-History: unavailable response header.",
+    )
+    finetune_model: str = Field(
+        "smollm2-135m-instruct",
+        description="Model behind the FineTuneLLM-compatible POST /chat route (seed 003); a model whose "
+        "sampling defaults are that backend's, e.g. 'finetune-chat' from deploy/models.example.yaml.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("services")
@@ -47,3 +68,12 @@ class Settings(BaseSettings):
                 if not url.startswith(("http://", "https://")):
                     raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
         return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value.rstrip("/")

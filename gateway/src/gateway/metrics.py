@@ -15,5 +15,8 @@ class GatewayMetrics:
         self.upstream_failures = Counter(
             "gateway_upstream_failures", "Failed calls to services, by reason (connect, timeout, protocol, "
             "stream_cut).", ["service", "reason"], registry=registry)
+        self.history_failures = Counter(
+            "gateway_history_failures", "Failed reads and writes of conversation history (after retries).",
+            ["operation"], registry=registry)
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.",
                             registry=registry)

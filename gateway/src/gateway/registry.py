@@ -115,6 +115,10 @@ class Registry:
     def model_ids(self) -> list[str]:
         return sorted(self._cards)
 
+    def card(self, model: str) -> dict[str, Any] | None:
+        """What the owning service says about ``model`` (``context_length`` among others)."""
+        return self._cards.get(model)
+
     def cards(self) -> list[dict[str, Any]]:
         return [self._cards[m] for m in sorted(self._cards)]
 

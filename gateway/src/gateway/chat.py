@@ -1,0 +1,258 @@
+"""The chat routes, answered in front of FastAPI's routing stack: the gateway's hot path.
+
+``POST /v1/chat/completions`` (OpenAI) and ``POST /chat`` (the FineTuneLLM backend's streaming route,
+seed 003). Every other request goes on to the FastAPI app. A body is validated (bad input never reaches
+a model) and forwarded to a replica of the service that owns the model; the answer is relayed as it
+comes. Without a session the body goes upstream unchanged; with one the session's history is put
+before it and the exchange is stored after it (:mod:`gateway.sessions`). A client that disconnects
+cancels the work and closes the upstream request. Errors are rendered in OpenAI's envelope.
+
+Skipping FastAPI's per-request machinery (telemetry probes, body-limit and exception middleware,
+routing, dependency solving) is worth about a third of the streaming throughput (``bench/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chat_common import sse
+from chat_common.context import access_fields, request_id
+from chat_common.errors import APIError, error_response, validation_message
+from chat_common.protocol import ChatCompletionRequest
+from chat_common.requests import parse_chat_request
+from gateway.asgi import cancel_on_disconnect, read_body
+from gateway.history import HistoryClient, HistoryUnavailable
+from gateway.proxy import EventStream, Proxy
+from gateway.sessions import Transcript, compose, exchange, fit_history, session_id_of
+
+__all__ = ["ChatRoutes"]
+
+logger = logging.getLogger(__name__)
+
+OPENAI_PATH = "/v1/chat/completions"
+FINETUNE_PATH = "/chat"
+
+Reframe = Callable[[bytes], bytes]
+
+
+class ChatRoutes:
+    def __init__(self, app: ASGIApp, *, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in (OPENAI_PATH, FINETUNE_PATH):
+            await self.app(scope, receive, send)
+        elif scope["method"] != "POST":
+            await error_response(APIError(405, f"Use POST for {path}.", headers={"Allow": "POST"}))(
+                scope, receive, send)
+        else:
+            await self._chat(scope, receive, send)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await read_body(scope, receive, self.state.settings.max_body_bytes)
+            if scope["path"] == OPENAI_PATH:
+                chat, reframe = parse_chat_request(body), None
+            else:
+                chat, reframe = _finetune_request(body, self.state.settings.finetune_model), _finetune_event
+            session = session_id_of(chat, scope["headers"])
+            # the body as sent (the parsed model would normalise it); FineTuneLLM's is built from the model
+            data = orjson.loads(body) if reframe is None else chat.model_dump(exclude_unset=True)
+            if session is not None and self.state.history is None:
+                raise APIError(400, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty): send "
+                               "the whole conversation in 'messages' instead of a session id.",
+                               param="session_id", code="sessions_disabled")
+        except ClientDisconnect:
+            return
+        except APIError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if session is None and reframe is None:
+            await self._forward(scope, receive, send, chat, body)
+        else:
+            await Conversation(self.state, chat, data, session, reframe).run(scope, receive, send)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest,
+                       body: bytes) -> None:
+        proxy: Proxy = self.state.proxy
+        status = 499
+        async with cancel_on_disconnect(receive) as gone:
+            response = await _forwarded(proxy, chat, body)
+            await response(scope, receive, send)
+            status = response.status_code
+        _count(proxy, chat.model, status, gone())
+
+
+class Conversation:
+    """One request in a session: history before it, the exchange stored after it."""
+
+    def __init__(self, state: State, chat: ChatCompletionRequest, data: dict[str, Any], session: str | None,
+                 reframe: Reframe | None) -> None:
+        self.proxy: Proxy = state.proxy
+        self.history: HistoryClient | None = state.history
+        self.settings = state.settings
+        self.chat = chat
+        self.data = data
+        self.session = session
+        self.reframe = reframe
+        self.transcript = Transcript()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.forwarded = False  # the request reached a model: there is an exchange to store
+        self.stored = False
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 499
+        async with cancel_on_disconnect(receive) as gone:
+            try:
+                body = await self._prepare()
+            except APIError as exc:
+                response: Response | EventStream = error_response(exc)
+            else:
+                self.forwarded = True
+                response = await _forwarded(self.proxy, self.chat, body)
+            if isinstance(response, EventStream):
+                response.pieces = self._observed(response.pieces)
+            elif response.status_code == 200:
+                self.transcript.take_completion(bytes(response.body))
+                await self._store()
+            await response(scope, receive, self._with_headers(send))
+            status = response.status_code
+        _count(self.proxy, self.chat.model, status, gone())
+        if gone():
+            await self._store()  # what the client was sent before it left, marked interrupted
+
+    async def _prepare(self) -> bytes:
+        """The body to forward; reads the history while the model's route is resolved."""
+        data = self.data
+        if self.session is None:
+            return orjson.dumps(data)
+        self.headers.append((b"x-session-id", self.session.encode()))
+        past, _ = await asyncio.gather(self._past(), self.proxy.route(self.chat.model))
+        card = self.proxy.registry.card(self.chat.model) or {}
+        context = card.get("context_length")
+        reserve = self.chat.token_limit or (min(512, context // 4) if context else 0)
+        past = fit_history(past, data["messages"], context_length=context, reserve=reserve)
+        access_fields()["history_messages"] = len(past)
+        return compose(data, past)
+
+    async def _past(self) -> list[dict[str, Any]]:
+        assert self.history is not None and self.session is not None
+        try:
+            return await self.history.recent(self.session, 2 * self.settings.history_turns)
+        except HistoryUnavailable as exc:
+            self.proxy.metrics.history_failures.labels("read").inc()
+            if self.settings.history_on_error == "fail":
+                raise APIError(503, f"The history service is unavailable ({exc}), so this conversation cannot "
+                               "be continued or stored. Retry later; an operator can set "
+                               "GATEWAY_HISTORY_ON_ERROR=answer to answer without history meanwhile.",
+                               code="history_unavailable", headers={"Retry-After": "2"}) from exc
+            logger.warning("answering without history", extra={"session_id": self.session, "error": str(exc)})
+            self.headers.append((b"x-switchboard-history", b"unavailable"))
+            return []
+
+    async def _observed(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Relay the stream, noting what it says; the exchange is stored before the final ``[DONE]``, so
+        a client that starts its next turn as soon as a stream ends finds this one in the history."""
+        reframe = self.reframe or (lambda piece: piece)
+        async for piece in pieces:
+            self.transcript.feed(piece)
+            if piece.endswith(sse.DONE):
+                if len(piece) > len(sse.DONE):
+                    yield reframe(piece[: -len(sse.DONE)])
+                await self._store()
+                piece = sse.DONE
+            yield reframe(piece)
+
+    def _with_headers(self, send: Send) -> Send:
+        if not self.headers:
+            return send
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *self.headers]
+            await send(message)
+
+        return sending
+
+    async def _store(self) -> None:
+        """Store the exchange once the answer is complete (or the client has gone), before the response
+        ends: never on the path to the first token, and always before the client can ask its next turn."""
+        if self.stored or not self.forwarded or self.session is None:
+            return
+        self.stored = True
+        assert self.history is not None
+        messages = exchange(self.chat, self.transcript, request_id=request_id() or "")
+        try:
+            await self.history.append(self.session, messages)
+        except (HistoryUnavailable, ValueError) as exc:
+            self.proxy.metrics.history_failures.labels("write").inc()
+            logger.error("exchange not stored", extra={"session_id": self.session, "error": str(exc),
+                                                       "messages": len(messages)})
+
+
+async def _forwarded(proxy: Proxy, chat: ChatCompletionRequest, body: bytes) -> Response | EventStream:
+    try:
+        return await proxy.forward(chat.model, OPENAI_PATH, body, stream=chat.stream)
+    except APIError as exc:
+        return error_response(exc)
+    except Exception:
+        logger.exception("unhandled error on POST %s", OPENAI_PATH)
+        return error_response(APIError(500, "Internal server error. The gateway log has the details."))
+
+
+def _count(proxy: Proxy, model: str, status: int, gone: bool) -> None:
+    if gone:
+        status = 499
+        access_fields()["client_gone"] = True
+    proxy.metrics.requests.labels(model, str(status)).inc()
+
+
+def _finetune_request(body: bytes, model: str) -> ChatCompletionRequest:
+    """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+        raise APIError(400, "Send a JSON object with a non-empty 'prompt' string (and optionally 'session_id').",
+                       param="prompt", code="invalid_value")
+    try:
+        return ChatCompletionRequest.model_validate({
+            "model": model, "messages": [{"role": "user", "content": data["prompt"]}], "stream": True,
+            "session_id": data.get("session_id") or "default"})
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors(include_url=False)))
+        raise APIError(400, message, param=param, code="invalid_value") from None
+
+
+def _finetune_event(piece: bytes) -> bytes:
+    """OpenAI chunk events as FineTuneLLM's stream: ``data: {"token": "..."}`` per piece of text; an error
+    event and ``data: [DONE]`` pass unchanged."""
+    out: list[bytes] = []
+    for event in piece.split(b"\n\n"):
+        if not event.startswith(b"data: "):
+            continue
+        if event == b"data: [DONE]":
+            out.append(sse.DONE)
+            continue
+        payload = orjson.loads(event[6:])
+        if "error" in payload:
+            out.append(event + b"\n\n")
+            continue
+        for choice in payload.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                out.append(sse.event({"token": text}))
+    return b"".join(out)

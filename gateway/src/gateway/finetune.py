@@ -1,0 +1,74 @@
+"""The FineTuneLLM backend's API (seed 003), kept working through the gateway.
+
+``POST /chat`` streams through the gateway's chat path (:mod:`gateway.chat`); the routes here read and
+clear a session's messages and report status. Sessions live in the history service; the model is
+``GATEWAY_FINETUNE_MODEL``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from chat_common.errors import APIError
+from gateway.history import HistoryClient, HistoryUnavailable
+from gateway.proxy import Proxy
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["FineTuneLLM compatibility"])
+
+DEFAULT_SESSION = "default"
+SessionId = Annotated[str, Query(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+
+
+def _history(request: Request) -> HistoryClient:
+    history: HistoryClient | None = request.app.state.history
+    if history is None:
+        raise APIError(503, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty).",
+                       code="sessions_disabled")
+    return history
+
+
+def _unavailable(exc: HistoryUnavailable) -> APIError:
+    return APIError(503, f"The history service is unavailable ({exc}). Retry later.", code="history_unavailable",
+                    headers={"Retry-After": "2"})
+
+
+@router.get("/")
+async def root() -> dict[str, str]:
+    return {"status": "ok", "service": "switchboard-gateway"}
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    proxy: Proxy = request.app.state.proxy
+    model = request.app.state.settings.finetune_model
+    history: HistoryClient | None = request.app.state.history
+    database = "disabled" if history is None else ("connected" if await history.ready() else "unavailable")
+    return {"status": "ok", "model": model, "model_loaded": proxy.registry.card(model) is not None,
+            "database": database}
+
+
+@router.get("/messages")
+async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+                   session_id: SessionId = DEFAULT_SESSION) -> dict[str, Any]:
+    """The session's last ``limit`` messages, oldest first (``session_id`` defaults to "default")."""
+    try:
+        stored = await _history(request).recent(session_id, limit)
+    except HistoryUnavailable as exc:
+        raise _unavailable(exc) from exc
+    return {"session_id": session_id, "messages": [
+        {"role": m["role"], "content": m["content"], "timestamp": m["created_at"], "session_id": session_id,
+         "seq": m["seq"], "status": m.get("status", "complete")} for m in stored]}
+
+
+@router.post("/clear-history")
+async def clear_history(request: Request, session_id: SessionId = DEFAULT_SESSION) -> dict[str, Any]:
+    try:
+        deleted = await _history(request).delete(session_id)
+    except HistoryUnavailable as exc:
+        raise _unavailable(exc) from exc
+    return {"status": "success", "message": f"History cleared for session {session_id}",
+            "session_id": session_id, "deleted": deleted}

@@ -1,0 +1,154 @@
+"""Conversations through the gateway: a session's history goes before a request, the exchange is stored after.
+
+A request names its session with the ``session_id`` body field (extension; the OpenAI SDK sends it with
+``extra_body``) or the ``X-Session-ID`` header. The request's system messages stay first, then the
+session's last exchanges (as many as fit the model's context), then the request's own messages. After
+the answer (streamed or not) the request's messages and the assistant's answer as relayed to the client
+are stored; an answer cut short by a disconnect or a failing service is stored marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from chat_common.errors import APIError
+from chat_common.protocol import ChatCompletionRequest
+
+__all__ = ["SESSION_HEADER", "Transcript", "compose", "exchange", "fit_history", "session_id_of"]
+
+SESSION_HEADER = b"x-session-id"
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_BYTES_PER_TOKEN = 3  # a cautious estimate (English BPE averages about 4 bytes a token)
+_TOKENS_PER_MESSAGE = 8  # chat-template framing around each message
+
+
+def session_id_of(chat: ChatCompletionRequest, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The session a request belongs to (body field first, then header), or None; 400 when malformed."""
+    value = (chat.model_extra or {}).get("session_id")
+    if value is None:
+        value = next((v.decode("latin-1") for k, v in headers if k == SESSION_HEADER), None)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+        raise APIError(400, "Invalid session id: use 1-128 characters of A-Z a-z 0-9 . _ : -",
+                       param="session_id", code="invalid_value")
+    return value
+
+
+def _estimate(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "").encode()) // _BYTES_PER_TOKEN + _TOKENS_PER_MESSAGE
+               for m in messages)
+
+
+def fit_history(history: list[dict[str, Any]], request: list[dict[str, Any]], *, context_length: int | None,
+                reserve: int) -> list[dict[str, Any]]:
+    """The newest part of ``history`` that fits beside ``request`` and ``reserve`` tokens for the answer.
+
+    Token counts are estimated (the gateway has no tokenizer): cautiously, so that a trimmed prompt
+    fits; the model service still checks the real count. Whole exchanges are dropped, oldest first:
+    the kept history starts with a user message.
+    """
+    if not history or context_length is None:
+        return history
+    budget = context_length - reserve - _estimate(request)
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for message in reversed(history):
+        used += _estimate([message])
+        if used > budget:
+            break
+        kept.append(message)
+    kept.reverse()
+    while kept and kept[0]["role"] != "user":
+        kept.pop(0)
+    return kept
+
+
+def compose(data: dict[str, Any], history: list[dict[str, Any]]) -> bytes:
+    """The request body to forward: system messages, then ``history``, then the request's other messages."""
+    messages = data["messages"]
+    system = [m for m in messages if m.get("role") in ("system", "developer")]
+    rest = [m for m in messages if m.get("role") not in ("system", "developer")]
+    past = [{"role": m["role"], "content": m["content"]} for m in history]
+    body = {k: v for k, v in data.items() if k != "session_id"}
+    body["messages"] = [*system, *past, *rest]
+    return orjson.dumps(body)
+
+
+@dataclass
+class Transcript:
+    """What the assistant said, as it reached the client (streamed events or a whole completion)."""
+
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    _held: bytes = b""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def complete(self) -> bool:
+        return self.finish_reason is not None and self.error is None
+
+    def feed(self, piece: bytes) -> None:
+        """Take in relayed SSE bytes (whole events, possibly several)."""
+        data = self._held + piece
+        *events, self._held = data.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: ") and line != b"data: [DONE]":
+                    self._take(orjson.loads(line[6:]))
+
+    def take_completion(self, body: bytes) -> None:
+        payload = orjson.loads(body)
+        choice = payload["choices"][0]
+        self.parts.append(choice["message"].get("content") or "")
+        self.finish_reason = choice.get("finish_reason")
+        self.usage = payload.get("usage")
+
+    def _take(self, payload: dict[str, Any]) -> None:
+        if "error" in payload:
+            self.error = str(payload["error"].get("message"))
+            return
+        for choice in payload.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                self.parts.append(content)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        if payload.get("usage"):
+            self.usage = payload["usage"]
+
+
+def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str) -> list[dict[str, Any]]:
+    """The messages to store for one request: its own non-system messages, then the answer.
+
+    Message ids are fixed once per exchange (not taken from the request id, which clients may reuse),
+    so a retried write of the same exchange stores it once.
+    """
+    exchange_id = uuid.uuid4().hex
+    stored: list[dict[str, Any]] = []
+    for i, message in enumerate(chat.messages):
+        if message.role in ("system", "developer"):
+            continue
+        stored.append({"role": message.role, "content": message.text, "request_id": request_id,
+                       "message_id": f"{exchange_id}:{i}"})
+    usage = transcript.usage or {}
+    answer: dict[str, Any] = {
+        "role": "assistant", "content": transcript.text, "model": chat.model, "request_id": request_id,
+        "message_id": f"{exchange_id}:answer", "status": "complete" if transcript.complete else "interrupted",
+        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+        "metadata": {"finish_reason": transcript.finish_reason} if transcript.finish_reason else {},
+    }
+    if transcript.error:
+        answer["metadata"]["error"] = transcript.error
+    stored.append(answer)
+    return stored
