@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from pydantic import ValidationError
 
 from chat_common.errors import APIError, validation_message
 from chat_common.protocol import ChatCompletionRequest
 
-__all__ = ["parse_chat_request"]
+__all__ = ["chat_request", "json_object", "parse_chat_request"]
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Raises :class:`APIError` 400 for a body that is not JSON or not a valid chat request."""
+    return chat_request(json_object(body, "with 'model' and 'messages'"))
+
+
+def json_object(body: bytes, expected: str) -> dict[str, Any]:
+    """The body as a JSON object; :class:`APIError` 400 otherwise. ``expected`` says what it should hold."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}. Send a JSON object with "
-                       "'model' and 'messages'.", code="invalid_json") from None
+        raise APIError(400, f"The request body is not valid JSON: {exc}. Send a JSON object {expected}.",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
-        raise APIError(400, "The request body must be a JSON object with 'model' and 'messages'.",
-                       code="invalid_json")
+        raise APIError(400, f"The request body must be a JSON object {expected}.", code="invalid_json")
+    return data
+
+
+def chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    """``data`` as a chat request; :class:`APIError` 400 naming the first invalid field otherwise."""
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:

@@ -18,8 +18,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -27,9 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chat_common import sse
 from chat_common.context import access_fields, request_id
-from chat_common.errors import APIError, error_response, validation_message
+from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
-from chat_common.requests import parse_chat_request
+from chat_common.requests import chat_request, json_object
 from gateway.asgi import cancel_on_disconnect, read_body
 from gateway.history import HistoryClient, HistoryUnavailable
 from gateway.proxy import EventStream, Proxy
@@ -42,7 +40,7 @@ logger = logging.getLogger(__name__)
 OPENAI_PATH = "/v1/chat/completions"
 FINETUNE_PATH = "/chat"
 
-Reframe = Callable[[bytes], bytes]
+Reframe = Callable[[list[dict[str, Any] | None]], bytes]  # a piece's event payloads -> the bytes to send
 
 
 class ChatRoutes:
@@ -64,12 +62,12 @@ class ChatRoutes:
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             if scope["path"] == OPENAI_PATH:
-                chat, reframe = parse_chat_request(body), None
+                data = json_object(body, "with 'model' and 'messages'")
+                chat, reframe = chat_request(data), None
             else:
-                chat, reframe = _finetune_request(body, self.state.settings.finetune_model), _finetune_event
-            session = session_id_of(chat, scope["headers"])
-            # the body as sent (the parsed model would normalise it); FineTuneLLM's is built from the model
-            data = orjson.loads(body) if reframe is None else chat.model_dump(exclude_unset=True)
+                chat, reframe = _finetune_request(body, self.state.settings.finetune_model), _finetune_stream
+                data = chat.model_dump(exclude_unset=True)
+            session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             if session is not None and self.state.history is None:
                 raise APIError(400, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty): send "
                                "the whole conversation in 'messages' instead of a session id.",
@@ -79,8 +77,8 @@ class ChatRoutes:
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        if session is None and reframe is None:
-            await self._forward(scope, receive, send, chat, body)
+        if session is None:
+            await self._forward(scope, receive, send, chat, body)  # the body goes upstream unchanged
         else:
             await Conversation(self.state, chat, data, session, reframe).run(scope, receive, send)
 
@@ -98,10 +96,10 @@ class ChatRoutes:
 class Conversation:
     """One request in a session: history before it, the exchange stored after it."""
 
-    def __init__(self, state: State, chat: ChatCompletionRequest, data: dict[str, Any], session: str | None,
+    def __init__(self, state: State, chat: ChatCompletionRequest, data: dict[str, Any], session: str,
                  reframe: Reframe | None) -> None:
         self.proxy: Proxy = state.proxy
-        self.history: HistoryClient | None = state.history
+        self.history: HistoryClient = state.history
         self.settings = state.settings
         self.chat = chat
         self.data = data
@@ -136,8 +134,6 @@ class Conversation:
     async def _prepare(self) -> bytes:
         """The body to forward; reads the history while the model's route is resolved."""
         data = self.data
-        if self.session is None:
-            return orjson.dumps(data)
         self.headers.append((b"x-session-id", self.session.encode()))
         past, _ = await asyncio.gather(self._past(), self.proxy.route(self.chat.model))
         card = self.proxy.registry.card(self.chat.model) or {}
@@ -148,7 +144,6 @@ class Conversation:
         return compose(data, past)
 
     async def _past(self) -> list[dict[str, Any]]:
-        assert self.history is not None and self.session is not None
         try:
             return await self.history.recent(self.session, 2 * self.settings.history_turns)
         except HistoryUnavailable as exc:
@@ -165,15 +160,16 @@ class Conversation:
     async def _observed(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Relay the stream, noting what it says; the exchange is stored before the final ``[DONE]``, so
         a client that starts its next turn as soon as a stream ends finds this one in the history."""
-        reframe = self.reframe or (lambda piece: piece)
         async for piece in pieces:
-            self.transcript.feed(piece)
+            payloads = self.transcript.feed(piece)
+            if self.reframe is not None:
+                piece = self.reframe(payloads)
             if piece.endswith(sse.DONE):
                 if len(piece) > len(sse.DONE):
-                    yield reframe(piece[: -len(sse.DONE)])
+                    yield piece[: -len(sse.DONE)]
                 await self._store()
                 piece = sse.DONE
-            yield reframe(piece)
+            yield piece
 
     def _with_headers(self, send: Send) -> Send:
         if not self.headers:
@@ -189,10 +185,9 @@ class Conversation:
     async def _store(self) -> None:
         """Store the exchange once the answer is complete (or the client has gone), before the response
         ends: never on the path to the first token, and always before the client can ask its next turn."""
-        if self.stored or not self.forwarded or self.session is None:
+        if self.stored or not self.forwarded:
             return
         self.stored = True
-        assert self.history is not None
         messages = exchange(self.chat, self.transcript, request_id=request_id() or "")
         try:
             await self.history.append(self.session, messages)
@@ -221,38 +216,24 @@ def _count(proxy: Proxy, model: str, status: int, gone: bool) -> None:
 
 def _finetune_request(body: bytes, model: str) -> ChatCompletionRequest:
     """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+    data = json_object(body, "with a 'prompt' (and optionally a 'session_id')")
+    if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
         raise APIError(400, "Send a JSON object with a non-empty 'prompt' string (and optionally 'session_id').",
                        param="prompt", code="invalid_value")
-    try:
-        return ChatCompletionRequest.model_validate({
-            "model": model, "messages": [{"role": "user", "content": data["prompt"]}], "stream": True,
-            "session_id": data.get("session_id") or "default"})
-    except ValidationError as exc:
-        message, param = validation_message(list(exc.errors(include_url=False)))
-        raise APIError(400, message, param=param, code="invalid_value") from None
+    return chat_request({"model": model, "messages": [{"role": "user", "content": data["prompt"]}], "stream": True,
+                         "session_id": data.get("session_id") or "default"})
 
 
-def _finetune_event(piece: bytes) -> bytes:
+def _finetune_stream(payloads: list[dict[str, Any] | None]) -> bytes:
     """OpenAI chunk events as FineTuneLLM's stream: ``data: {"token": "..."}`` per piece of text; an error
-    event and ``data: [DONE]`` pass unchanged."""
+    event and ``data: [DONE]`` are passed on."""
     out: list[bytes] = []
-    for event in piece.split(b"\n\n"):
-        if not event.startswith(b"data: "):
-            continue
-        if event == b"data: [DONE]":
+    for payload in payloads:
+        if payload is None:
             out.append(sse.DONE)
-            continue
-        payload = orjson.loads(event[6:])
-        if "error" in payload:
-            out.append(event + b"\n\n")
-            continue
-        for choice in payload.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                out.append(sse.event({"token": text}))
+        elif "error" in payload:
+            out.append(sse.event(payload))
+        else:
+            out.extend(sse.event({"token": text}) for choice in payload.get("choices") or ()
+                       if (text := (choice.get("delta") or {}).get("content")))
     return b"".join(out)

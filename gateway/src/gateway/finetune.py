@@ -14,13 +14,14 @@ from fastapi import APIRouter, Query, Request
 from chat_common.errors import APIError
 from gateway.history import HistoryClient, HistoryUnavailable
 from gateway.proxy import Proxy
+from gateway.sessions import SESSION_ID_PATTERN
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["FineTuneLLM compatibility"])
 
 DEFAULT_SESSION = "default"
-SessionId = Annotated[str, Query(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+SessionId = Annotated[str, Query(pattern=SESSION_ID_PATTERN)]
 
 
 def _history(request: Request) -> HistoryClient:

@@ -19,10 +19,12 @@ import orjson
 from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
 
-__all__ = ["SESSION_HEADER", "Transcript", "compose", "exchange", "fit_history", "session_id_of"]
+__all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exchange", "fit_history",
+           "session_id_of"]
 
 SESSION_HEADER = b"x-session-id"
-_SESSION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _BYTES_PER_TOKEN = 3  # a cautious estimate (English BPE averages about 4 bytes a token)
 _TOKENS_PER_MESSAGE = 8  # chat-template framing around each message
 
@@ -98,14 +100,21 @@ class Transcript:
     def complete(self) -> bool:
         return self.finish_reason is not None and self.error is None
 
-    def feed(self, piece: bytes) -> None:
-        """Take in relayed SSE bytes (whole events, possibly several)."""
+    def feed(self, piece: bytes) -> list[dict[str, Any] | None]:
+        """Take in relayed SSE bytes (whole events, possibly several); returns the events' payloads in
+        order, ``None`` standing for ``data: [DONE]``."""
         data = self._held + piece
         *events, self._held = data.split(b"\n\n")
+        payloads: list[dict[str, Any] | None] = []
         for event in events:
             for line in event.split(b"\n"):
-                if line.startswith(b"data: ") and line != b"data: [DONE]":
-                    self._take(orjson.loads(line[6:]))
+                if line == b"data: [DONE]":
+                    payloads.append(None)
+                elif line.startswith(b"data: "):
+                    payload = orjson.loads(line[6:])
+                    self._take(payload)
+                    payloads.append(payload)
+        return payloads
 
     def take_completion(self, body: bytes) -> None:
         payload = orjson.loads(body)
