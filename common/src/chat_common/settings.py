@@ -44,6 +44,6 @@ def _is_secret(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> bool:
             aliases.add(alias.lower())
         elif isinstance(alias, AliasChoices):
             aliases.update(str(choice).lower() for choice in alias.choices)
-        if first in aliases or first == name:
+        if first in aliases:
             return "Secret" in repr(field.annotation)
     return True  # unknown location: say less rather than more
