@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Settings
-from tests.gateway.fakes import Replica, chat, completion, dead_url, gateway, models, running, sse
+from tests.gateway.fakes import Replica, Reply, chat, completion, dead_url, gateway, running, sse
 from tests.services import Service, free_port, start_service
 
 
@@ -44,9 +43,8 @@ def _event(content: str | None = None, finish: str | None = None) -> bytes:
 def _model(context_length: int = 4096, answer: str = "hello") -> Replica:
     card = {"object": "list", "data": [{"id": "m1", "object": "model", "created": 0, "owned_by": "inference-gguf",
                                         "context_length": context_length}]}
-    replica = Replica().on("/v1/models", lambda r: models("m1"))
-    replica.routes["/v1/models"] = lambda r: type(models())(payload=card)
-    return replica.on("/v1/chat/completions", lambda r: completion(answer))
+    return Replica().on("/v1/models", lambda r: Reply(payload=card)).on("/v1/chat/completions",
+                                                                        lambda r: completion(answer))
 
 
 def _sent_messages(replica: Replica, i: int) -> list[dict[str, str]]:
@@ -200,5 +198,5 @@ async def test_sessions_off_refuses_a_session_id() -> None:
     assert response.status_code == 400 and response.json()["error"]["code"] == "sessions_disabled"
 
 
-def test_history_fixture_is_sqlite(history: Service, tmp_path: Path) -> None:
+def test_history_fixture_is_sqlite(history: Service) -> None:
     assert "sqlite" in history.log().lower()
