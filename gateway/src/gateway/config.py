@@ -49,6 +49,29 @@ class Settings(BaseSettings):
         "could not be stored), 'answer' answers without history and says so in the "
         "X-Switchboard-History: unavailable response header.",
     )
+    retriever_url: str | None = Field(
+        "http://127.0.0.1:8003",
+        description="Base URL of the retriever service, which finds passages for requests that ask for "
+        "retrieval. Empty: retrieval is off and a request asking for it is refused with 400.",
+    )
+    retriever_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the retriever's search results, in seconds; past it the "
+        "request fails with 503 (or is answered without passages when it says so).",
+    )
+    rag_instruction: str = Field(
+        "Answer the user's question using the numbered passages below. Cite the passages you use as [1], "
+        "[2]. If the passages do not contain the answer, say that you do not know.",
+        min_length=1,
+        description="The instruction put before the numbered passages in the system message of a request "
+        "with retrieval.",
+    )
+    rag_model: str = Field(
+        "smollm2-135m-instruct",
+        description="Model behind the IT-support chatbot's POST /api/v1/chat/ route (seed 002).",
+    )
+    rag_collection: str = Field(
+        "it-support", description="Retriever collection behind the IT-support chatbot's POST /api/v1/chat/ route.",
+    )
     finetune_model: str = Field(
         "smollm2-135m-instruct",
         description="Model behind the FineTuneLLM-compatible POST /chat route (seed 003); a model whose "
@@ -69,9 +92,9 @@ class Settings(BaseSettings):
                     raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
         return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
 
-    @field_validator("history_url")
+    @field_validator("history_url", "retriever_url")
     @classmethod
-    def _history_url(cls, value: str | None) -> str | None:
+    def _service_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
         if not value.startswith(("http://", "https://")):

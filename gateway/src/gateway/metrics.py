@@ -18,5 +18,8 @@ class GatewayMetrics:
         self.history_failures = Counter(
             "gateway_history_failures", "Failed reads and writes of conversation history (after retries).",
             ["operation"], registry=registry)
+        self.retrieval_failures = Counter(
+            "gateway_retrieval_failures", "Searches for passages that failed because the retriever was "
+            "unavailable.", registry=registry)
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.",
                             registry=registry)

@@ -18,6 +18,7 @@ import orjson
 
 from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
+from gateway.tokens import estimate_messages
 
 __all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exchange", "fit_history",
            "session_id_of"]
@@ -25,8 +26,6 @@ __all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exc
 SESSION_HEADER = b"x-session-id"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
-_BYTES_PER_TOKEN = 3  # a cautious estimate (English BPE averages about 4 bytes a token)
-_TOKENS_PER_MESSAGE = 8  # chat-template framing around each message
 
 
 def session_id_of(chat: ChatCompletionRequest, headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -42,11 +41,6 @@ def session_id_of(chat: ChatCompletionRequest, headers: list[tuple[bytes, bytes]
     return value
 
 
-def _estimate(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(m.get("content") or "").encode()) // _BYTES_PER_TOKEN + _TOKENS_PER_MESSAGE
-               for m in messages)
-
-
 def fit_history(history: list[dict[str, Any]], request: list[dict[str, Any]], *, context_length: int | None,
                 reserve: int) -> list[dict[str, Any]]:
     """The newest part of ``history`` that fits beside ``request`` and ``reserve`` tokens for the answer.
@@ -57,11 +51,11 @@ def fit_history(history: list[dict[str, Any]], request: list[dict[str, Any]], *,
     """
     if not history or context_length is None:
         return history
-    budget = context_length - reserve - _estimate(request)
+    budget = context_length - reserve - estimate_messages(request)
     kept: list[dict[str, Any]] = []
     used = 0
     for message in reversed(history):
-        used += _estimate([message])
+        used += estimate_messages([message])
         if used > budget:
             break
         kept.append(message)
@@ -71,15 +65,12 @@ def fit_history(history: list[dict[str, Any]], request: list[dict[str, Any]], *,
     return kept
 
 
-def compose(data: dict[str, Any], history: list[dict[str, Any]]) -> bytes:
-    """The request body to forward: system messages, then ``history``, then the request's other messages."""
-    messages = data["messages"]
+def compose(messages: list[dict[str, Any]], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages to forward: system messages, then ``history``, then the request's other messages."""
     system = [m for m in messages if m.get("role") in ("system", "developer")]
     rest = [m for m in messages if m.get("role") not in ("system", "developer")]
     past = [{"role": m["role"], "content": m["content"]} for m in history]
-    body = {k: v for k, v in data.items() if k != "session_id"}
-    body["messages"] = [*system, *past, *rest]
-    return orjson.dumps(body)
+    return [*system, *past, *rest]
 
 
 @dataclass
@@ -90,6 +81,7 @@ class Transcript:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # id, created, model of the stream's chunks
     _held: bytes = b""
 
     @property
@@ -127,6 +119,8 @@ class Transcript:
         if "error" in payload:
             self.error = str(payload["error"].get("message"))
             return
+        if not self.identity and "id" in payload:
+            self.identity = {k: payload.get(k) for k in ("id", "created", "model")}
         for choice in payload.get("choices") or ():
             content = (choice.get("delta") or {}).get("content")
             if content:
@@ -137,7 +131,8 @@ class Transcript:
             self.usage = payload["usage"]
 
 
-def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str) -> list[dict[str, Any]]:
+def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str,
+             sources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The messages to store for one request: its own non-system messages, then the answer.
 
     Message ids are fixed once per exchange (not taken from the request id, which clients may reuse),
@@ -159,5 +154,7 @@ def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id:
     }
     if transcript.error:
         answer["metadata"]["error"] = transcript.error
+    if sources is not None:  # which passages the answer was given (their text stays in the retriever)
+        answer["metadata"]["sources"] = [{k: s.get(k) for k in ("doc_id", "chunk_id", "score")} for s in sources]
     stored.append(answer)
     return stored

@@ -1,0 +1,161 @@
+"""The IT-support chatbot's API (seed 002), kept working through the gateway.
+
+``POST /api/v1/chat/`` answers a ``query`` from the ``GATEWAY_RAG_COLLECTION`` collection with
+``GATEWAY_RAG_MODEL``; ``GET /api/v1/chat/health`` says whether both are there. Errors use that API's
+own shape, ``{"error", "detail", "timestamp"}``, with 400, 503 or 500. Credentials in the query, the
+passages and the answer are masked (:mod:`gateway.credentials`) before they reach the retriever or the
+model, and before anything is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import JSONResponse, Response
+
+from chat_common.errors import APIError
+from gateway.credentials import mask_credentials
+from gateway.proxy import Proxy
+from gateway.retrieval import Passages, RetrievalSpec, RetrieverClient, RetrieverUnavailable, augment
+from gateway.tokens import estimate_messages
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/chat", tags=["IT-support chatbot compatibility"])
+
+
+class SupportQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(4, ge=1, le=20)
+    max_tokens: int = Field(150, ge=50, le=500)
+
+
+class SupportError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error(exc: SupportError) -> Response:
+    return JSONResponse({"error": exc.error, "detail": exc.detail, "timestamp": _now()}, status_code=exc.status)
+
+
+def _parse(body: bytes) -> SupportQuery:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise SupportError(400, "Validation Error", "The request body must be JSON: {\"query\": \"...\"}.") from None
+    try:
+        query = SupportQuery.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        limits = {"query": "Query must be between 1 and 2000 characters",
+                  "top_k": "top_k must be an integer between 1 and 20",
+                  "max_tokens": "max_tokens must be an integer between 50 and 500"}
+        raise SupportError(400, "Validation Error", limits.get(field, f"{field}: {first['msg']}")) from None
+    if not query.query.strip():
+        raise SupportError(400, "Validation Error", "Query must be between 1 and 2000 characters")
+    return query
+
+
+@router.post("/")
+async def chat(request: Request) -> Response:
+    started = time.perf_counter()
+    try:
+        answer = await _answer(request, _parse(await request.body()))
+    except SupportError as exc:
+        return _error(exc)
+    except Exception:
+        logger.exception("IT-support chat failed")
+        return _error(SupportError(500, "Internal Server Error", "The query could not be processed. The gateway "
+                                   "log has the details."))
+    answer["processing_time"] = round(time.perf_counter() - started, 3)
+    answer["timestamp"] = _now()
+    return JSONResponse(answer)
+
+
+async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
+    settings = request.app.state.settings
+    proxy: Proxy = request.app.state.proxy
+    retriever: RetrieverClient | None = request.app.state.retriever
+    if retriever is None:
+        raise SupportError(503, "Service Unavailable", "No retriever is configured (GATEWAY_RETRIEVER_URL).")
+    query = mask_credentials(ask.query)
+    spec = RetrievalSpec(collection=settings.rag_collection, top_k=ask.top_k)
+    try:
+        hits = await retriever.search(spec, query)
+    except RetrieverUnavailable as exc:
+        raise SupportError(503, "Service Unavailable", f"The knowledge base cannot be searched: {exc}.") from exc
+    except APIError as exc:
+        raise SupportError(503, "Service Unavailable", f"The knowledge base '{spec.collection}' is not ready: "
+                           f"{exc.message} Ingest it with `python -m retriever ingest {spec.collection} "
+                           "data/it-support/articles.jsonl`.") from exc
+    for hit in hits:
+        hit["text"] = mask_credentials(str(hit.get("text", "")))
+    model = settings.rag_model
+    card = proxy.registry.card(model) or {}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": query}]
+    context = card.get("context_length")
+    passages = (Passages(hits) if context is None else Passages.fitting(
+        hits, context - ask.max_tokens - estimate_messages([*messages, {"content": settings.rag_instruction}])))
+    body = {"model": model, "max_tokens": ask.max_tokens, "stream": False,
+            "messages": augment(messages, passages, settings.rag_instruction)}
+    try:
+        response = await proxy.forward(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
+    except APIError as exc:
+        raise SupportError(503 if exc.status_code in (404, 503) else 500, "Service Unavailable"
+                           if exc.status_code in (404, 503) else "Internal Server Error", exc.message) from exc
+    assert isinstance(response, Response)
+    payload = orjson.loads(response.body)
+    if response.status_code != 200:
+        message = (payload.get("error") or {}).get("message", "the model failed")
+        status = 503 if response.status_code in (429, 503) else 400 if response.status_code == 400 else 500
+        raise SupportError(status, {400: "Bad Request", 503: "Service Unavailable"}.get(status, "Internal Server "
+                           "Error"), f"The model '{model}' could not answer: {message}")
+    text = payload["choices"][0]["message"].get("content") or ""
+    return {
+        "response": mask_credentials(text.strip()),
+        "query": query,
+        "context_used": passages.context(),
+        "search_results": [{"subject": h.get("title") or h.get("doc_id"), "answer": h["text"], "score": h.get("score"),
+                            "metadata": h.get("metadata") or {}} for h in hits],
+    }
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    settings = request.app.state.settings
+    proxy: Proxy = request.app.state.proxy
+    retriever: RetrieverClient | None = request.app.state.retriever
+    collection = None
+    if retriever is not None:
+        try:
+            collection = await retriever.collection(settings.rag_collection)
+        except RetrieverUnavailable:
+            collection = None
+    model_loaded = proxy.registry.card(settings.rag_model) is not None
+    healthy = model_loaded and collection is not None
+    return JSONResponse({
+        "status": "healthy" if healthy else "unhealthy",
+        "model": settings.rag_model, "model_loaded": model_loaded,
+        "collection": settings.rag_collection, "collection_loaded": collection is not None,
+        "documents": (collection or {}).get("documents"), "chunks": (collection or {}).get("chunks"),
+        "timestamp": _now(),
+    }, status_code=200 if healthy else 503)

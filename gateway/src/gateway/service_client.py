@@ -1,0 +1,73 @@
+"""A small JSON client for the gateway's helper services (history, retriever).
+
+A failure to reach a service, or a 5xx from it, raises the client's ``unavailable`` exception (the
+gateway answers 503 or degrades as configured); a 4xx raises :class:`ServiceRefused` with the service's
+own message, because it means the request (or the gateway) asked for something the service refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from gateway.registry import describe_error
+
+__all__ = ["JsonService", "ServiceRefused", "ServiceUnavailable"]
+
+
+class ServiceUnavailable(Exception):
+    """The service could not be reached or answered with a server error."""
+
+
+class ServiceRefused(ValueError):
+    """The service answered 4xx; ``message`` and ``code`` are its own."""
+
+    def __init__(self, status: int, message: str, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class JsonService:
+    unavailable: type[ServiceUnavailable] = ServiceUnavailable
+    label = "service"
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float) -> None:
+        self.base_url = base_url
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def ready(self) -> bool:
+        try:
+            async with self._session.get(f"{self.base_url}/ready", timeout=self._timeout) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            async with self._session.request(method, self.base_url + path, timeout=self._timeout,
+                                             **kwargs) as response:
+                if response.status >= 500:
+                    raise self.unavailable(f"the {self.label} service answered {response.status}: "
+                                           f"{_message(await response.read())}")
+                data: dict[str, Any] = await response.json(content_type=None)
+                if response.status >= 400:
+                    error = data.get("error") if isinstance(data, dict) else None
+                    code = error.get("code") if isinstance(error, dict) else None
+                    raise ServiceRefused(response.status, _message(data), code)
+                return data
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if isinstance(exc, ServiceRefused):
+                raise
+            raise self.unavailable(f"{self.base_url}: {describe_error(exc)}") from exc
+
+
+def _message(payload: Any) -> str:
+    if isinstance(payload, bytes):
+        return payload[:300].decode(errors="replace")
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return str(payload["error"].get("message"))
+    return str(payload)[:300]

@@ -1,0 +1,20 @@
+"""Token estimates for fitting a prompt into a model's context. The gateway has no tokenizer: the
+estimates are cautious (3 bytes a token; English BPE averages about 4), and the model service still
+checks the real count and answers 400 when a prompt does not fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BYTES_PER_TOKEN", "estimate_messages", "estimate_tokens"]
+
+BYTES_PER_TOKEN = 3
+TOKENS_PER_MESSAGE = 8  # chat-template framing around each message
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text.encode()) // BYTES_PER_TOKEN + 1
+
+
+def estimate_messages(messages: list[dict[str, Any]]) -> int:
+    return sum(estimate_tokens(str(m.get("content") or "")) + TOKENS_PER_MESSAGE for m in messages)
