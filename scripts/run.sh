@@ -9,13 +9,22 @@ honcho_pid=$!
 trap 'kill -TERM "$honcho_pid" 2>/dev/null; wait "$honcho_pid" 2>/dev/null' INT TERM EXIT
 
 url="http://${GATEWAY_HOST:-127.0.0.1}:${GATEWAY_PORT:-8000}"
+retriever="http://${RETRIEVER_HOST:-127.0.0.1}:${RETRIEVER_PORT:-8003}"
 python scripts/wait_ready.py "$url" --timeout 300 --pid "$honcho_pid"
+python scripts/wait_ready.py "$retriever" --timeout 300 --pid "$honcho_pid"
+# The demo knowledge base; documents already ingested and unchanged are skipped, so a restart is quick.
+python -m retriever ingest it-support data/it-support/articles.jsonl --url "$retriever"
 cat <<MSG
 
 Switchboard is ready: $url  (OpenAI-compatible; models: curl $url/v1/models)
 
   curl $url/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Which city is the capital of France?"}]}'
+
+  Retrieval-augmented, with sources (the IT-support knowledge base):
+  curl $url/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2-135m-instruct", "retrieval": {"collection": "it-support", "top_k": 3}, "messages": [{"role": "user", "content": "How do I reset my password?"}]}'
+  curl $url/api/v1/chat/ -H 'Content-Type: application/json' -d '{"query": "How do I reset my password?"}'
 
 Press Ctrl-C to stop.
 MSG

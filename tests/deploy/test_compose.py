@@ -16,6 +16,7 @@ from compose_spec import PyCompose
 from gateway.config import Settings as GatewaySettings
 from history.config import Settings as HistorySettings
 from inference_gguf.config import Settings as GGUFSettings
+from retriever.config import Settings as RetrieverSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -40,7 +41,7 @@ def test_compose_file_follows_the_specification() -> None:
     # YAML merge keys (<<) are resolved by the YAML loader, as docker compose does, before validation.
     parsed = PyCompose.from_json(json.dumps(yaml.safe_load(_interpolated(COMPOSE.read_text()))))
     parsed.validate()
-    assert set(parsed.service_names()) == {"gateway", "inference-gguf", "history", "mongodb"}
+    assert set(parsed.service_names()) == {"gateway", "inference-gguf", "history", "retriever", "mongodb"}
 
 
 def test_every_service_builds_from_its_own_dockerfile(compose: dict) -> None:
@@ -56,8 +57,10 @@ def test_every_service_builds_from_its_own_dockerfile(compose: dict) -> None:
 def test_gateway_waits_for_healthy_services(compose: dict) -> None:
     gateway = compose["services"]["gateway"]
     assert gateway["depends_on"] == {"inference-gguf": {"condition": "service_healthy"},
-                                     "history": {"condition": "service_healthy"}}
+                                     "history": {"condition": "service_healthy"},
+                                     "retriever": {"condition": "service_healthy"}}
     assert gateway["environment"]["GATEWAY_HISTORY_URL"] == "http://history:8004"
+    assert gateway["environment"]["GATEWAY_RETRIEVER_URL"] == "http://retriever:8003"
     assert "inference-gguf:8001" in gateway["environment"]["GATEWAY_SERVICES"]
     GatewaySettings(services=yaml.safe_load(gateway["environment"]["GATEWAY_SERVICES"]))  # valid value
 
@@ -70,13 +73,22 @@ def test_inference_gets_the_gpu_and_the_models_volume(compose: dict) -> None:
     assert service["environment"]["INFERENCE_GGUF_MODELS_DIR"] == "/models"
 
 
+def test_the_retriever_keeps_its_collections_in_a_volume(compose: dict) -> None:
+    service = compose["services"]["retriever"]
+    assert "retriever-data:/data" in service["volumes"] and "retriever-data" in compose["volumes"]
+    assert service["environment"]["RETRIEVER_DATA_DIR"] == "/data"
+    dockerfile = (ROOT / "retriever" / "Dockerfile").read_text()
+    assert "torch==2.13.0" in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
+    assert "VOLUME /data" in dockerfile
+
+
 def test_the_gguf_image_compiles_llama_cpp_with_cuda() -> None:
     dockerfile = (ROOT / "inference-gguf" / "Dockerfile").read_text()
     assert "-DGGML_CUDA=on" in dockerfile and "llama-cpp-python==0.3.36" in dockerfile
     assert "INFERENCE_GGUF_N_GPU_LAYERS=-1" in dockerfile
 
 
-@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings, HistorySettings])
+@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings, HistorySettings, RetrieverSettings])
 def test_every_setting_is_documented(settings: type) -> None:
     example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
@@ -86,8 +98,8 @@ def test_every_setting_is_documented(settings: type) -> None:
 
 
 def test_env_example_names_only_real_settings() -> None:
-    known = _env_names(GatewaySettings) | _env_names(GGUFSettings) | _env_names(HistorySettings) | {
-        "GATEWAY_PUBLISH_PORT"}
+    known = (_env_names(GatewaySettings) | _env_names(GGUFSettings) | _env_names(HistorySettings)
+             | _env_names(RetrieverSettings) | {"GATEWAY_PUBLISH_PORT"})
     named = set(re.findall(r"^# ([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert named <= known, named - known
 

@@ -1,9 +1,12 @@
 """Real services, started once per test session on free ports: inference-gguf on the bundled model
 (served twice: under its own id and as 'finetune-chat' with seed 003's sampling defaults), the history
-service on SQLite, and the gateway in front of them."""
+service on SQLite, the retriever with the IT-support knowledge base ingested by its CLI, and the gateway
+in front of them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 import yaml
 
 from inference_gguf.catalog import bundled_model_path
-from tests.services import Service, free_port, start_service
+from tests.services import ROOT, Service, free_port, start_service
 
 MODEL = "smollm2-135m-instruct"
 SEED_003_STOPS = ["</s>", "User:", "\nUser:", "Human:", "\nHuman:", "Question:", "\nQuestion:", "\n\n\n",
@@ -50,11 +53,25 @@ def history(logs: Path) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
-def gateway(inference: Service, history: Service, logs: Path) -> Iterator[Service]:
+def retriever(logs: Path) -> Iterator[Service]:
+    port = free_port()
+    service = start_service("retriever", ["-m", "retriever"], {
+        "RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(logs / "retriever")}, port, logs)
+    ingest = subprocess.run(
+        [sys.executable, "-m", "retriever", "ingest", "it-support", "data/it-support/articles.jsonl",
+         "--url", service.url], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(inference: Service, history: Service, retriever: Service, logs: Path) -> Iterator[Service]:
     port = free_port()
     service = start_service("gateway", ["-m", "gateway"], {
         "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}',
-        "GATEWAY_HISTORY_URL": history.url, "GATEWAY_FINETUNE_MODEL": "finetune-chat"}, port, logs)
+        "GATEWAY_HISTORY_URL": history.url, "GATEWAY_RETRIEVER_URL": retriever.url,
+        "GATEWAY_FINETUNE_MODEL": "finetune-chat"}, port, logs)
     yield service
     service.stop()
 

