@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SERVICES := common gateway inference-gguf history retriever
+SERVICES := common gateway inference-gguf inference-hf history retriever
 
 .PHONY: install run test bench lint clean
 

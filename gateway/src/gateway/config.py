@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     services: dict[str, list[str]] = Field(
-        default_factory=lambda: {"inference-gguf": ["http://127.0.0.1:8001"]},
+        default_factory=lambda: {"inference-gguf": ["http://127.0.0.1:8001"],
+                                 "inference-hf": ["http://127.0.0.1:8002"]},
         description="Model services as JSON: service name -> list of replica base URLs. The gateway asks "
         "each replica's /v1/models which models it serves.",
     )
