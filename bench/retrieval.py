@@ -23,36 +23,42 @@ and the figures are the means over the questions. Baseline, same run: the same c
 chunking, ``title + "\\n\\n" + chunk`` embedded) and questions embedded in this process with sentence-transformers
 and ranked by exact cosine with numpy: the service should lose nothing against it.
 
-``scale``: search at 100k chunks. Embedding 100k long chunks on two cores takes hours, so the chunks are short
-and synthetic but made of real text: the 74 articles are cut into sentences (lines, then sentence ends; list
-markers dropped; 25 characters or more; duplicates removed) and each chunk is 2 or 3 distinct sentences in
-random order, all from one article picked at random, except that each sentence after the first comes from
-another random article with probability 0.2; drawn with a seeded ``random.Random`` until the wanted number of
-distinct texts (~200 characters each). Each becomes a document without a title (so exactly its text is
-embedded): real all-MiniLM-L6-v2 vectors of IT-support text, and search cost does not depend on chunk length.
-They are ingested through ``POST /v1/collections/{name}/documents`` (1000 per request), so the default ``auto``
-index turns into HNSW past ``RETRIEVER_EXACT_MAX_CHUNKS`` (20000) as it would for a user, and the ingest rate
-is reported. The vectors are then cached under ``var/bench/`` (git-ignored, keyed by a hash of the texts);
-later runs load the same collection through the seed import endpoint (``POST .../import``, which reuses the
-vectors) instead of embedding again, unless ``--reembed``.
+``scale``: search at 100k chunks. Embedding 100k chunks of 800 characters on two cores would take close to an
+hour (``ingest`` measures about 33 a second), so these chunks are short and synthetic but made of real text:
+the 74 articles are cut into sentences (lines, then sentence ends; list markers dropped; 25 characters or more;
+duplicates removed) and each chunk is 2 or 3 distinct sentences in random order, all from one article picked
+at random, except that each sentence after the first comes from another random article with probability 0.2;
+drawn with a seeded ``random.Random`` until the wanted number of distinct texts (~200 characters each). Each
+becomes a document without a title (so exactly its text is embedded): real all-MiniLM-L6-v2 vectors of
+IT-support text, and search cost does not depend on chunk length. They are ingested through
+``POST /v1/collections/{name}/documents`` (1000 per request), so the default ``auto`` index turns into HNSW past
+``RETRIEVER_EXACT_MAX_CHUNKS`` (20000) as it would for a user, and the ingest rate is reported (that first run
+takes about 25 minutes on two idle cores). The vectors are then cached under ``var/bench/`` (git-ignored, keyed
+by a hash of the texts; 150 MB for 100k); later runs load the same collection through the seed import endpoint
+(``POST .../import``, which reuses the vectors) instead of embedding again, unless ``--reembed``.
 
 Queries: the 151 evaluation questions, then synthetic texts drawn by the same process that are not in the
 collection, up to ``--queries``; after 20 warm-up searches, each is sent alone (a sequential client, keep-alive
-connection, ``top_k`` 10), timed from request to parsed answer. Then the service is stopped and, in this
-process, each query is embedded with the retriever's ``Embedder`` (timed: the embedding part) and searched
-with the retriever's own ``Collection`` opened on the service's data folder (timed: the index part, with the
-SQLite fetch of the hits), once per ``--ef`` value, and once more with the collection forced to an exact flat
-index over the same stored vectors: the baseline, and the ground truth. recall@10 = |approximate top 10 ∩ exact
-top 10| / 10, averaged over the queries; for the HTTP row the approximate top 10 is the service's answer.
+connection, ``top_k`` 10), timed from request to parsed answer. Each HTTP pass runs on a freshly started
+service over the same data folder (it opens the collection from its files), ``--rounds`` passes with the
+default settings and as many with the variables of ``--compare-env`` (default ``OMP_NUM_THREADS=1`` with
+``RETRIEVER_TORCH_THREADS=2``: FAISS on one OpenMP thread, torch still on two), the two alternating. Then,
+with no service running, each query is embedded with the retriever's ``Embedder`` (timed: the embedding part)
+and searched with the retriever's own ``Collection`` opened on the service's data folder (timed: the index
+part, with the SQLite fetch of the hits), once per ``--ef`` value, and once more with the collection forced to
+an exact flat index over the same stored vectors: the baseline, and the ground truth. recall@10 =
+|approximate top 10 ∩ exact top 10| / 10, averaged over the queries; for the HTTP rows the approximate top 10 is
+the service's answer (first round).
 
 ``ingest``: ingestion throughput. Copies of the articles, each with its paragraphs in a seeded random order
 (so every copy is new text and chunks differently), up to ``--chunks`` chunks, are upserted through
 ``POST .../documents`` 32 documents per request (the CLI's default), timed from the first request to the last
 answer: chunks/s covers chunking, embedding, SQLite, FAISS and HTTP. Baseline, same run, while the service is
 idle: ``SentenceTransformer.encode()`` in this process on exactly the texts the service embeds (the
-retriever's chunking, ``title + "\\n\\n" + chunk``), batch size 32, once as one call over all texts (it sorts
-them by length before batching) and once in 32-text slices in the service's order (what the service's
-embedding worker does), so a gap can be split between batching and the rest of the service.
+retriever's chunking, ``title + "\\n\\n" + chunk``), batch size 32, as one call over all texts (it sorts them
+by length before batching). Two more raw passes split a gap: the texts in 32-text slices in the service's order
+(the batches the service's embedding worker runs), and one call per request's texts (what sorting by length
+within each request would give the service).
 
 Percentiles are numpy's (linear interpolation). Every table also records the load average, since the two
 cores may be shared with other work.
@@ -160,14 +166,20 @@ class Retriever:
 
 
 @contextmanager
-def retriever(prefix: str, env: dict[str, str] | None = None) -> Iterator[Retriever]:
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    log(f"starting the retriever (data and logs in {folder})")
-    service = Retriever(folder / "data", folder, env)
+def retriever(logs: Path, data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Retriever]:
+    """The service on ``data_dir``, its log in ``logs``; stopped (index files written) on the way out."""
+    log(f"starting the retriever on {data_dir}" + (f" with {env}" if env else ""))
+    service = Retriever(data_dir, logs, env)
     try:
         yield service
     finally:
         service.stop()
+
+
+def temporary(prefix: str) -> tuple[Path, Path]:
+    """A fresh temporary folder for logs, and the data folder inside it."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    return folder, folder / "data"
 
 
 def sentence_transformer() -> Any:
@@ -234,7 +246,7 @@ def run_quality(args: argparse.Namespace) -> None:
     articles = load_jsonl(DATA / "articles.jsonl")
     questions = load_jsonl(DATA / "eval.jsonl")
     name = "it-support"
-    with retriever("bench-retrieval-quality-") as service:
+    with retriever(*temporary("bench-retrieval-quality-")) as service:
         info = service.create(name)
         documents = [{"id": a["id"], "title": a["title"], "text": a["text"], "metadata": a.get("metadata") or {}}
                      for a in articles]
@@ -413,6 +425,25 @@ def recall(approximate: Sequence[Sequence[str]], exact: Sequence[Sequence[str]],
     return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approximate, exact, strict=True)]))
 
 
+def http_pass(service: Retriever, name: str, warmup: Sequence[str], queries: Sequence[str], top_k: int
+              ) -> tuple[list[float], list[list[str]], str]:
+    """Warm up, then search each query alone: (ms per search, chunk labels per search, load averages)."""
+    for query in warmup:
+        service.search(name, query, top_k)
+    before = loadavg()
+    times, found = [], []
+    for query in queries:
+        t = time.perf_counter()
+        hits = service.search(name, query, top_k)
+        times.append((time.perf_counter() - t) * 1000)
+        found.append([hit["chunk_id"] for hit in hits])
+    return times, found, f"{before} -> {loadavg()}"
+
+
+def parse_env(spec: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in spec.split(",") if item.strip())
+
+
 def run_scale(args: argparse.Namespace) -> None:
     articles = load_jsonl(DATA / "articles.jsonl")
     questions = [q["question"] for q in load_jsonl(DATA / "eval.jsonl")]
@@ -433,15 +464,17 @@ def run_scale(args: argparse.Namespace) -> None:
     doc_ids = [d["id"] for d in documents]
     log(f"chunk texts: mean {np.mean([len(t) for t in texts]):.0f} characters")
     cached = cache_path(texts)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-retrieval-scale-"))
+    data_dir = workdir / "data"
 
-    with retriever("bench-retrieval-scale-") as service:
-        data_dir = service.data_dir
+    with retriever(workdir, data_dir) as service:
         service.create(name)
         load_before = loadavg()
         if cached.exists() and not args.reembed:
             log(f"importing the cached vectors from {cached.relative_to(ROOT)}")
             load_s = import_cached(service, name, documents, np.load(cached))
-            how = f"seed import of cached vectors (no embedding): {load_s:.1f} s, {args.chunks / load_s:.0f} chunks/s"
+            how = (f"seed import of the cached vectors (no embedding; includes building HNSW): {load_s:.1f} s, "
+                   f"{args.chunks / load_s:.0f} chunks/s")
         else:
             log(f"ingesting {args.chunks} chunks through the service (embedding them: this is the long step)")
             load_s = ingest_documents(service, name, documents, args.batch)
@@ -450,22 +483,29 @@ def run_scale(args: argparse.Namespace) -> None:
             CACHE.mkdir(parents=True, exist_ok=True)
             np.save(cached, stored_vectors(data_dir, name, doc_ids))
             log(f"cached the vectors in {cached.relative_to(ROOT)}")
-        how += f"; load average {load_before} before, {loadavg()} after"
+        how += f"; load average {load_before} -> {loadavg()}"
         info = service.info(name)
-        if info["chunks"] != args.chunks:
-            raise RuntimeError(f"the collection holds {info['chunks']} chunks, not {args.chunks}")
-        log(f"collection ready: {info['chunks']} chunks, index {info['index']}; {len(queries)} searches over HTTP")
-        for query in warmup:
-            service.search(name, query, top_k)
-        load_before = loadavg()
-        http_ms, http_found = [], []
-        for query in queries:
-            t = time.perf_counter()
-            hits = service.search(name, query, top_k)
-            http_ms.append((time.perf_counter() - t) * 1000)
-            http_found.append([hit["chunk_id"] for hit in hits])
-        http_load = f"{load_before} before, {loadavg()} after"
-    # the service has stopped (and written its index file): the in-process split, on the same folder
+        if info["chunks"] != args.chunks or info["index"] != "hnsw":
+            raise RuntimeError(f"expected {args.chunks} chunks in an HNSW index, got {info}")
+
+    # HTTP passes: a fresh service on the same data folder per pass, configurations alternating across rounds
+    configs = {"default settings": {}}
+    if args.compare_env:
+        configs[f"with {args.compare_env.replace(',', ' ')}"] = parse_env(args.compare_env)
+    http: dict[str, tuple[list[float], list[list[str]], list[str]]] = {label: ([], [], []) for label in configs}
+    for round_ in range(args.rounds):
+        order = list(configs) if round_ % 2 == 0 else list(reversed(configs))
+        for label in order:
+            with retriever(workdir, data_dir, configs[label]) as service:
+                log(f"round {round_ + 1}/{args.rounds}, {label}: {len(queries)} searches over HTTP")
+                times, found, loads = http_pass(service, name, warmup, queries, top_k)
+            http[label][0].extend(times)
+            if round_ == 0:
+                http[label][1].extend(found)
+            http[label][2].append(loads)
+            log(f"  p50 {pct(times, 50):.2f} ms, p95 {pct(times, 95):.2f} ms; load average {loads}")
+
+    # the in-process split, on the same folder (no service running)
     folder = data_dir / name
     log("in-process: embedding the queries with the retriever's Embedder")
     embedder = load_embedder()
@@ -491,70 +531,83 @@ def run_scale(args: argparse.Namespace) -> None:
     kind, flat_ms, exact, opened = in_process_search(folder, flat_policy, query_vectors, top_k)
     if kind != "flat":
         raise RuntimeError(f"expected a flat index, found {kind}")
-    shutil.rmtree(data_dir.parent, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
-    def rows_for(values: list[float], label: str) -> None:
+    def rows_for(values: list[float], label: str, repeat: int = 1) -> None:
         groups = [("all", range(len(queries))), *[(k, [i for i, x in enumerate(kinds) if x == k])
                                                   for k in ("question", "synthetic")]]
         for group, idx in groups:
-            if idx:
-                picked = [values[i] for i in idx]
+            picked = [values[r * len(queries) + i] for r in range(repeat) for i in idx]
+            if picked:
                 print(f"| {label} | {group} | {len(picked)} | {pct(picked, 50):.2f} | {pct(picked, 95):.2f} | "
                       f"{pct(picked, 99):.2f} | {np.mean(picked):.2f} |")
 
     default_ef = settings.hnsw_ef_search
+    q_idx = [i for i, k in enumerate(kinds) if k == "question"]
     print(f"\nmachine: {machine()}")
     print(f"collection: {info['chunks']} synthetic chunks (mean {np.mean([len(t) for t in texts]):.0f} characters), "
           f"index {info['index']} (M {settings.hnsw_m}, efConstruction {settings.hnsw_ef_construction}, efSearch "
           f"{default_ef}), embedder {info['embedder']}")
     print(f"loaded by {how}")
     print(f"queries: {kinds.count('question')} evaluation questions + {kinds.count('synthetic')} held-out synthetic "
-          f"texts, one at a time, top_k {top_k}; load average during the HTTP searches {http_load}\n")
-    print("| measured | queries | n | p50 ms | p95 ms | p99 ms | mean ms |\n|---|---|---|---|---|---|---|")
-    rows_for(http_ms, "end to end over HTTP (embedding + search + HTTP)")
+          f"texts, one at a time, top_k {top_k}, {WARMUP} warm-up searches first; {args.rounds} round(s) per "
+          "configuration, each on a freshly started service, configurations alternating")
+    for label, (_, _, loads) in http.items():
+        print(f"  load average during the HTTP passes, {label}: {'; '.join(loads)}")
+    print("\n| measured | queries | n | p50 ms | p95 ms | p99 ms | mean ms |\n|---|---|---|---|---|---|---|")
+    for label, (times, _, _) in http.items():
+        rows_for(times, f"end to end over HTTP, {label}", args.rounds)
     rows_for(embed_ms, "in-process: query embedding")
-    rows_for(sweep[default_ef][0] if default_ef in sweep else [], f"in-process: HNSW search, efSearch {default_ef}")
+    if default_ef in sweep:
+        rows_for(sweep[default_ef][0], f"in-process: HNSW search, efSearch {default_ef}")
     rows_for(flat_ms, "in-process: exact flat search (baseline)")
 
     print("\n| index | efSearch | recall@10 vs exact | recall@10, questions | search p50 ms | search p95 ms | "
           "p95 vs exact flat |\n|---|---|---|---|---|---|---|")
-    q_idx = [i for i, k in enumerate(kinds) if k == "question"]
     flat_p95 = pct(flat_ms, 95)
     for ef, (times, found) in sorted(sweep.items()):
         mark = " (default)" if ef == default_ef else ""
         print(f"| HNSW, in-process | {ef}{mark} | {recall(found, exact, top_k):.4f} | "
               f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | {pct(times, 50):.2f} | "
               f"{pct(times, 95):.2f} | {pct(times, 95) / flat_p95:.2f}x |")
-    http_recall = recall(http_found, exact, top_k)
-    print(f"| HNSW, the service over HTTP | {default_ef} | {http_recall:.4f} | "
-          f"{recall([http_found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | | | |")
+    for label, (_, found, _) in http.items():
+        print(f"| HNSW, the service over HTTP, {label} | {default_ef} | {recall(found, exact, top_k):.4f} | "
+              f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | | | |")
     print(f"| exact flat (baseline) | - | 1 | 1 | {pct(flat_ms, 50):.2f} | {flat_p95:.2f} | 1.00x |")
 
-    p95 = pct(http_ms, 95)
-    print(f"\ntarget p95 <= 20 ms end to end at {info['chunks']} chunks: {p95:.2f} ms "
+    default_ms, default_found, _ = http["default settings"]
+    p95 = pct(default_ms, 95)
+    http_recall = recall(default_found, exact, top_k)
+    print(f"\ntarget p95 <= 20 ms end to end at {info['chunks']} chunks, default settings: {p95:.2f} ms "
           f"({'met' if p95 <= 20 else 'NOT met'})")
+    for label, (times, _, _) in http.items():
+        if label != "default settings":
+            print(f"  {label}: p95 {pct(times, 95):.2f} ms ({'met' if pct(times, 95) <= 20 else 'NOT met'}), "
+                  f"p50 {pct(times, 50):.2f} ms vs {pct(default_ms, 50):.2f} ms")
     print(f"target recall@10 of the default HNSW vs exact >= 0.98: {http_recall:.4f} over HTTP "
           f"({'met' if http_recall >= 0.98 else 'NOT met'})")
     if args.json:
         args.json.write_text(json.dumps({
-            "info": info, "loaded_by": how, "kinds": kinds, "http_ms": http_ms, "embed_ms": embed_ms,
-            "flat_ms": flat_ms, "sweep": {ef: times for ef, (times, _) in sweep.items()},
-            "recall": {ef: recall(found, exact, top_k) for ef, (_, found) in sweep.items()},
-            "http_recall": http_recall}, indent=2))
+            "info": info, "loaded_by": how, "kinds": kinds, "embed_ms": embed_ms, "flat_ms": flat_ms,
+            "http_ms": {label: times for label, (times, _, _) in http.items()},
+            "http_recall": {label: recall(found, exact, top_k) for label, (_, found, _) in http.items()},
+            "sweep_ms": {ef: times for ef, (times, _) in sweep.items()},
+            "sweep_recall": {ef: recall(found, exact, top_k) for ef, (_, found) in sweep.items()}}, indent=2))
 
 
 # -- ingest -------------------------------------------------------------------------------------------------------
 
 
 def shuffled_copies(articles: list[dict[str, Any]], chunks: int, size: int, overlap: int,
-                    seed: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Article copies with their paragraphs in a seeded random order, until ``chunks`` chunks; and the texts the
-    service will embed for them, in its order."""
+                    seed: int) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """Article copies with their paragraphs in a seeded random order, until ``chunks`` chunks; and for each, the
+    texts the service will embed for it, in its order."""
     rng = random.Random(seed)
     documents: list[dict[str, Any]] = []
-    inputs: list[str] = []
+    per_document: list[list[str]] = []
+    inputs = 0
     copy = 0
-    while len(inputs) < chunks:
+    while inputs < chunks:
         copy += 1
         for article in articles:
             paragraphs = article["text"].split("\n\n")
@@ -562,16 +615,22 @@ def shuffled_copies(articles: list[dict[str, Any]], chunks: int, size: int, over
             text = "\n\n".join(paragraphs)
             documents.append({"id": f"{article['id']}-v{copy}", "title": article["title"], "text": text,
                               "metadata": article.get("metadata") or {}})
-            inputs += [embedding_input(article["title"], c.text) for c in split_text(text, size, overlap)]
-            if len(inputs) >= chunks:
+            per_document.append([embedding_input(article["title"], c.text)
+                                 for c in split_text(text, size, overlap)])
+            inputs += len(per_document[-1])
+            if inputs >= chunks:
                 break
-    return documents, inputs
+    return documents, per_document
 
 
 def run_ingest(args: argparse.Namespace) -> None:
     articles = load_jsonl(DATA / "articles.jsonl")
     settings = Settings()
-    documents, inputs = shuffled_copies(articles, args.chunks, settings.chunk_size, settings.chunk_overlap, args.seed)
+    documents, per_document = shuffled_copies(articles, args.chunks, settings.chunk_size, settings.chunk_overlap,
+                                              args.seed)
+    inputs = [text for texts in per_document for text in texts]
+    requests = [[text for texts in per_document[i:i + args.batch] for text in texts]
+                for i in range(0, len(per_document), args.batch)]
     batch = settings.encode_batch_size
     log(f"{len(documents)} documents, {len(inputs)} chunks (mean {np.mean([len(t) for t in inputs]):.0f} "
         "characters embedded per chunk)")
@@ -589,12 +648,19 @@ def run_ingest(args: argparse.Namespace) -> None:
             model.encode(inputs[i:i + batch], batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)
         return time.perf_counter() - started
 
-    results: dict[str, list[tuple[float, str]]] = {"service": [], "raw_all": [], "raw_slices": []}
-    with retriever("bench-retrieval-ingest-") as service:
+    def raw_requests() -> float:
+        started = time.perf_counter()
+        for texts in requests:
+            model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)
+        return time.perf_counter() - started
+
+    raw = {"raw_all": raw_all, "raw_slices": raw_slices, "raw_requests": raw_requests}
+    results: dict[str, list[tuple[float, str]]] = {"service": [], **{step: [] for step in raw}}
+    with retriever(*temporary("bench-retrieval-ingest-")) as service:
         service.create("warmup")
         service.upsert("warmup", documents[:2])
         for round_ in range(args.rounds):
-            order = ["service", "raw_all", "raw_slices"]
+            order = ["service", *raw]
             if round_ % 2:
                 order.reverse()
             for step in order:
@@ -609,7 +675,7 @@ def run_ingest(args: argparse.Namespace) -> None:
                         raise RuntimeError(f"the service made {chunks} chunks, the bench expected {len(inputs)}")
                 else:
                     log(f"round {round_ + 1}: {step} (service idle)")
-                    seconds = raw_all() if step == "raw_all" else raw_slices()
+                    seconds = raw[step]()
                 results[step].append((seconds, f"{before} -> {loadavg()}"))
                 log(f"round {round_ + 1}: {step} {len(inputs) / seconds:.1f} chunks/s")
 
@@ -622,9 +688,10 @@ def run_ingest(args: argparse.Namespace) -> None:
           "order alternating\n")
     labels = {"service": "retriever service: POST .../documents over HTTP",
               "raw_all": "baseline: SentenceTransformer.encode(all texts, batch_size=32)",
-              "raw_slices": "SentenceTransformer.encode() per 32-text slice, service order"}
+              "raw_slices": "encode() per 32-text slice in the service's order (its batches as they are)",
+              "raw_requests": f"encode() once per request of {args.batch} documents (sorted by length within it)"}
     print("| path | chunks/s | vs baseline | seconds per round | load average per round |\n|---|---|---|---|---|")
-    for step in ("raw_all", "raw_slices", "service"):
+    for step in ("raw_all", "raw_slices", "raw_requests", "service"):
         print(f"| {labels[step]} | {rate(step):.1f} | {rate(step) / rate('raw_all'):.2f}x | "
               f"{', '.join(f'{s:.1f}' for s, _ in results[step])} | {'; '.join(x for _, x in results[step])} |")
     ratio = rate("service") / rate("raw_all")
@@ -652,6 +719,10 @@ def main() -> None:
                        help="efSearch values of the in-process sweep (comma-separated)")
     scale.add_argument("--batch", type=int, default=1000, help="documents per upsert request when embedding")
     scale.add_argument("--reembed", action="store_true", help="ingest and embed even when vectors are cached")
+    scale.add_argument("--rounds", type=int, default=2, help="HTTP passes per configuration (default 2)")
+    scale.add_argument("--compare-env", default="OMP_NUM_THREADS=1,RETRIEVER_TORCH_THREADS=2",
+                       help="also measure the HTTP latency with these variables set (comma-separated K=V; "
+                       "'' to skip)")
     scale.add_argument("--seed", type=int, default=2026)
     ingest = commands.add_parser("ingest", help="ingest chunks/s through the service vs raw encode()")
     ingest.add_argument("--chunks", type=int, default=2000)
