@@ -149,9 +149,9 @@ class Conversation:
             if isinstance(response, EventStream):
                 response.pieces = self._observed(response.pieces)
             elif response.status_code == 200:
-                self.transcript.take_completion(bytes(response.body))
+                payload = self.transcript.take_completion(bytes(response.body))
                 if self.passages is not None:
-                    response = _with_sources(response, self.passages)
+                    response = _with_sources(response, payload, self.passages)
                 await self._store()
             await response(scope, receive, self._with_headers(send))
             status = response.status_code
@@ -276,8 +276,7 @@ async def _forwarded(proxy: Proxy, chat: ChatCompletionRequest, body: bytes) -> 
         return error_response(APIError(500, "Internal server error. The gateway log has the details."))
 
 
-def _with_sources(response: Response, passages: Passages) -> Response:
-    payload = orjson.loads(response.body)
+def _with_sources(response: Response, payload: dict[str, Any], passages: Passages) -> Response:
     payload["sources"] = passages.sources()
     headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
     return Response(orjson.dumps(payload), status_code=response.status_code, headers=headers,

@@ -108,12 +108,14 @@ class Transcript:
                     payloads.append(payload)
         return payloads
 
-    def take_completion(self, body: bytes) -> None:
-        payload = orjson.loads(body)
+    def take_completion(self, body: bytes) -> dict[str, Any]:
+        """Take in a whole (non-streamed) completion; returns it parsed."""
+        payload: dict[str, Any] = orjson.loads(body)
         choice = payload["choices"][0]
         self.parts.append(choice["message"].get("content") or "")
         self.finish_reason = choice.get("finish_reason")
         self.usage = payload.get("usage")
+        return payload
 
     def _take(self, payload: dict[str, Any]) -> None:
         if "error" in payload:
