@@ -720,13 +720,13 @@ def main() -> None:
     scale.add_argument("--batch", type=int, default=1000, help="documents per upsert request when embedding")
     scale.add_argument("--reembed", action="store_true", help="ingest and embed even when vectors are cached")
     scale.add_argument("--rounds", type=int, default=2, help="HTTP passes per configuration (default 2)")
-    scale.add_argument("--compare-env", default="OMP_NUM_THREADS=1,RETRIEVER_TORCH_THREADS=2",
+    scale.add_argument("--compare-env", default="RETRIEVER_TORCH_THREADS=1",
                        help="also measure the HTTP latency with these variables set (comma-separated K=V; "
                        "'' to skip)")
     scale.add_argument("--seed", type=int, default=2026)
     ingest = commands.add_parser("ingest", help="ingest chunks/s through the service vs raw encode()")
     ingest.add_argument("--chunks", type=int, default=2000)
-    ingest.add_argument("--batch", type=int, default=32, help="documents per upsert request (the CLI's default)")
+    ingest.add_argument("--batch", type=int, default=128, help="documents per upsert request (the CLI's default)")
     ingest.add_argument("--rounds", type=int, default=1)
     ingest.add_argument("--seed", type=int, default=2026)
     for command in (quality, scale, ingest):

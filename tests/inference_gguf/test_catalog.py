@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from inference_gguf.catalog import BUNDLED_MODEL_ID, CatalogError, bundled_model_path, discover_models
+from chat_common.bundled import bundled_gguf_path
+from inference_gguf.catalog import BUNDLED_MODEL_ID, CatalogError, discover_models
 from inference_gguf.config import Settings
 
 
@@ -13,7 +14,7 @@ def _settings(tmp_path: Path, **kw: object) -> Settings:
 
 
 def test_bundled_model_is_found_in_its_wheel(tmp_path: Path) -> None:
-    path = bundled_model_path()
+    path = bundled_gguf_path()
     assert path is not None and path.is_file() and path.suffix == ".gguf"
     specs = discover_models(_settings(tmp_path))
     assert [s.id for s in specs] == [BUNDLED_MODEL_ID]

@@ -20,9 +20,10 @@ import pytest
 import uvicorn
 import yaml
 
+from chat_common.bundled import bundled_gguf_path
 from inference_hf.app import create_app
 from inference_hf.config import Settings
-from inference_hf.prepare import bundled_gguf_path, prepare_gguf
+from inference_hf.prepare import prepare_gguf
 from tests.services import free_port
 
 with warnings.catch_warnings():

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference_hf.engine import Sequence
+from chat_common.generation import Sequence
 from tests.inference_hf.conftest import Service
 from tests.inference_hf.test_engine import Collector, greedy
 

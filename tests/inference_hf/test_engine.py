@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from inference_hf.engine import EngineBusy, EngineEvent, Failed, Finished, SamplingParams, Sequence, TextDelta
+from chat_common.generation import EngineBusy, EngineEvent, Failed, Finished, SamplingParams, Sequence, TextDelta
 from tests.inference_hf.conftest import Service
 
 

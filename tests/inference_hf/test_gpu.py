@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from chat_common.generation import EngineEvent, Finished, Sequence, TextDelta
 from inference_hf.catalog import Bnb4bit, ModelSpec
-from inference_hf.engine import EngineEvent, Finished, HFEngine, Sequence, TextDelta
+from inference_hf.engine import HFEngine
 from tests.inference_hf.test_engine import greedy
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from inference_hf.prepare import MARKER, WEIGHTS, PrepareError, bundled_gguf_path, prepare_gguf
+from chat_common.bundled import bundled_gguf_path
+from inference_hf.prepare import MARKER, WEIGHTS, PrepareError, prepare_gguf
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "inference_gguf" / "data" / "llama_server_reference.json")
                        .read_text())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from inference_hf.engine import SamplingParams, sample_token
+from chat_common.generation import SamplingParams
+from inference_hf.engine import sample_token
 
 
 def _params(**kw: object) -> SamplingParams:

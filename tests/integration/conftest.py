@@ -14,7 +14,7 @@ import openai
 import pytest
 import yaml
 
-from inference_gguf.catalog import bundled_model_path
+from chat_common.bundled import bundled_gguf_path
 from tests.services import ROOT, Service, free_port, start_service
 
 MODEL = "smollm2-135m-instruct"
@@ -31,7 +31,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def inference(logs: Path) -> Iterator[Service]:
     config = logs / "models.yaml"
     config.write_text(yaml.safe_dump({"models": [{
-        "id": "finetune-chat", "path": str(bundled_model_path()), "n_ctx": 2048,
+        "id": "finetune-chat", "path": str(bundled_gguf_path()), "n_ctx": 2048,
         "defaults": {"repeat_penalty": 1.1, "top_k": 40, "top_p": 0.9, "temperature": 0.5, "max_tokens": 150,
                      "stop": SEED_003_STOPS}}]}))
     port = free_port()

@@ -1,7 +1,7 @@
 """The official openai SDK against the real gateway and the real inference-gguf service.
 
-Expected answers are llama.cpp's own server's greedy answers for the same model and prompt
-(tests/inference_gguf/data/llama_server_reference.json): at temperature 0 the output is deterministic.
+Expected answers are llama.cpp's own greedy answers for the same model and prompt on this machine
+(tests/llama_reference.py): at temperature 0 the output is deterministic for a given build and CPU.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -16,14 +17,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import MODEL
+from tests.llama_reference import RECORDED, llama_cpp_answers
 from tests.services import Service, free_port, start_service
 
 pytestmark = pytest.mark.integration
 
-REFERENCE = json.loads(
-    (Path(__file__).parents[1] / "inference_gguf" / "data" / "llama_server_reference.json").read_text())
-FRANCE = REFERENCE["cases"][0]
-QUESTION = FRANCE["messages"][0]["content"]
+QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def france() -> dict[str, Any]:
+    return llama_cpp_answers()[0]
 
 
 def _metric(service: Service, name: str, **labels: str) -> float:
@@ -41,38 +45,42 @@ def test_models_of_the_service_are_listed(client: openai.OpenAI) -> None:
     assert ids == {MODEL: "inference-gguf", "finetune-chat": "inference-gguf"}
 
 
-def test_non_streamed_answer_and_usage(client: openai.OpenAI, gateway: Service, inference: Service) -> None:
+def test_non_streamed_answer_and_usage(client: openai.OpenAI, gateway: Service, inference: Service,
+                                       france: dict[str, Any]) -> None:
     response = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
         extra_headers={"X-Request-ID": "sdk-non-stream-1"})
-    assert response.choices[0].message.content == FRANCE["content"]
+    assert response.choices[0].message.content == france["content"]
     assert response.choices[0].finish_reason == "stop"
     assert response.usage is not None
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (
-        FRANCE["usage"]["prompt_tokens"], FRANCE["usage"]["completion_tokens"])
+        france["usage"]["prompt_tokens"], france["usage"]["completion_tokens"])
     for service in (gateway, inference):  # the request id crossed both hops and is in both JSON logs
         lines = [json.loads(line) for line in service.log().splitlines() if "sdk-non-stream-1" in line]
         assert any(line.get("route") == "/v1/chat/completions" and line["status"] == 200 for line in lines)
 
 
-def test_streamed_answer_is_the_same_text(client: openai.OpenAI) -> None:
+def test_streamed_answer_is_the_same_text(client: openai.OpenAI, france: dict[str, Any]) -> None:
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
         stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert text == FRANCE["content"]
+    assert text == france["content"]
     assert finish == ["stop"]
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == FRANCE["usage"]["completion_tokens"]
+    assert chunks[-1].usage.completion_tokens == france["usage"]["completion_tokens"]
 
 
 def test_stop_sequences_and_max_tokens(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "What is 2+2?"}]
-    stopped = client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
-                                             stop=["classic", "never"])
-    assert stopped.choices[0].message.content == "The answer to this "
+    whole = llama_cpp_answers()[4]["content"]
+    assert llama_cpp_answers()[4]["messages"] == messages
+    words = whole.split()
+    stop = words[len(words) // 2]  # a word from the middle of the answer: it ends at its first occurrence
+    stopped = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, stop=[stop, "never"])
+    assert stopped.choices[0].message.content == whole[:whole.index(stop)] != ""
     assert stopped.choices[0].finish_reason == "stop"
     limited = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
     assert limited.choices[0].finish_reason == "length"

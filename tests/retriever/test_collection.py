@@ -157,6 +157,24 @@ def test_vector_index_selector_excludes_everything_not_allowed() -> None:
         assert 100 not in [chunk_id for chunk_id, _ in index.search(vectors[0], 5)]
 
 
+def test_search_runs_on_one_thread_and_leaves_the_thread_count_as_it_was() -> None:
+    """A single query searches without OpenMP's team; builds and adds on the same thread keep every core."""
+    import faiss
+
+    vectors = queries(200, seed=5)
+    ids_ = np.arange(200, dtype=np.int64)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        for kind in ("flat", "hnsw"):
+            index = VectorIndex.build(DIM, kind, HNSWParams(), ids_, vectors)  # type: ignore[arg-type]
+            found = index.search(vectors[17], 3)
+            assert found[0][0] == 17 and found[0][1] == pytest.approx(1.0, abs=1e-5)
+            assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_score_threshold_drops_weak_hits(tmp_path: Path) -> None:
     collection = make(tmp_path, "c")
     upsert(collection, docs(30))

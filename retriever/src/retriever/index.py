@@ -18,6 +18,8 @@ Index files are plain FAISS files, written atomically (temporary file, fsync, re
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +45,20 @@ class SeedIndexError(ValueError):
 
 def _ids(ids: np.ndarray | list[int]) -> np.ndarray:
     return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+@contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """Run one query on the calling thread alone. FAISS parallelises over queries, so a single query gains
+    nothing from OpenMP's team, while waking it costs more than the HNSW walk and its spinning threads take
+    the cores the query embedder needs. OpenMP's thread count is per calling thread: builds and adds, on
+    other calls, keep every core."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _vectors(vectors: np.ndarray) -> np.ndarray:
@@ -156,7 +172,8 @@ class VectorIndex:
             params = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k))
             if selector is not None:
                 params.sel = selector
-        scores, labels = self._index.search(query, k, params=params)
+        with _one_omp_thread():
+            scores, labels = self._index.search(query, k, params=params)
         hits = [(int(label), float(score)) for label, score in zip(labels[0], scores[0], strict=True) if label >= 0]
         qualifying = len(allowed) if allowed is not None else self.size - len(self._tombstones)
         if self.kind == "hnsw" and len(hits) < min(k, qualifying):
