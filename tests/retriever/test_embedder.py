@@ -45,3 +45,13 @@ async def test_without_token_counts_returns_vectors_only(embedder: Embedder) -> 
         worker.close()
     assert vectors.shape == (4, embedder.dimension)
     assert tokens == []
+
+
+def test_encode_gives_what_sentence_transformers_gives(embedder: Embedder) -> None:
+    """The embedder runs the model's pipeline itself (without encode()'s per-call overhead): same vectors."""
+    ours = embedder.encode(TEXTS, batch_size=3)
+    theirs = embedder._model.encode(TEXTS, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
+    assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), embedder.dimension)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert embedder.encode(["VPN"]).shape == (1, embedder.dimension)

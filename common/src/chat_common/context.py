@@ -6,8 +6,8 @@ request id without passing it around, and the JSON log formatter can stamp it on
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -21,7 +21,8 @@ _access_fields: ContextVar[dict[str, Any] | None] = ContextVar("access_fields", 
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (a UUID4's worth of randomness, without building a UUID object per request)."""
+    return os.urandom(16).hex()
 
 
 def valid_request_id(value: str | None) -> bool:
