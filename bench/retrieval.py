@@ -41,9 +41,9 @@ Queries: the 151 evaluation questions, then synthetic texts drawn by the same pr
 collection, up to ``--queries``; after 20 warm-up searches, each is sent alone (a sequential client, keep-alive
 connection, ``top_k`` 10), timed from request to parsed answer. Each HTTP pass runs on a freshly started
 service over the same data folder (it opens the collection from its files), ``--rounds`` passes with the
-default settings and as many with the variables of ``--compare-env`` (default ``OMP_NUM_THREADS=1`` with
-``RETRIEVER_TORCH_THREADS=2``: FAISS on one OpenMP thread, torch still on two), the two alternating. Then,
-with no service running, each query is embedded with the retriever's ``Embedder`` (timed: the embedding part)
+default settings and as many with the variables of ``--compare-env`` (default ``RETRIEVER_ONNX=false``: the
+embedder's transformer in torch instead of ONNX Runtime), the two alternating. Then, with no service running,
+each query is embedded with the retriever's ``Embedder`` as the service runs it (timed: the embedding part)
 and searched with the retriever's own ``Collection`` opened on the service's data folder (timed: the index
 part, with the SQLite fetch of the hits), once per ``--ef`` value, and once more with the collection forced to
 an exact flat index over the same stored vectors: the baseline, and the ground truth. recall@10 =
@@ -193,11 +193,13 @@ def sentence_transformer() -> Any:
     return SentenceTransformer(bundled_model_path(), device="cpu")
 
 
-def load_embedder() -> Any:
-    """The retriever's own Embedder of the bundled model, loaded in this process."""
+def load_embedder(onnx_dir: Path | None) -> Any:
+    """The retriever's own Embedder of the bundled model, loaded in this process, on ONNX Runtime when given the
+    service's export folder (as the service runs it by default)."""
     from retriever.embedder import Embedder, bundled_model_path
 
-    embedder = Embedder("all-minilm-l6-v2", bundled_model_path(), torch_threads=Settings().torch_threads)
+    embedder = Embedder("all-minilm-l6-v2", bundled_model_path(), torch_threads=Settings().torch_threads,
+                        onnx_dir=onnx_dir)
     embedder.load()
     return embedder
 
@@ -507,8 +509,8 @@ def run_scale(args: argparse.Namespace) -> None:
 
     # the in-process split, on the same folder (no service running)
     folder = data_dir / name
-    log("in-process: embedding the queries with the retriever's Embedder")
-    embedder = load_embedder()
+    embedder = load_embedder(data_dir / "onnx" if settings.onnx else None)
+    log(f"in-process: embedding the queries with the retriever's Embedder ({embedder.backend})")
     for query in warmup:
         embedder.encode([query])
     embed_ms, vectors = [], []
@@ -720,7 +722,7 @@ def main() -> None:
     scale.add_argument("--batch", type=int, default=1000, help="documents per upsert request when embedding")
     scale.add_argument("--reembed", action="store_true", help="ingest and embed even when vectors are cached")
     scale.add_argument("--rounds", type=int, default=2, help="HTTP passes per configuration (default 2)")
-    scale.add_argument("--compare-env", default="RETRIEVER_TORCH_THREADS=1",
+    scale.add_argument("--compare-env", default="RETRIEVER_ONNX=false",
                        help="also measure the HTTP latency with these variables set (comma-separated K=V; "
                        "'' to skip)")
     scale.add_argument("--seed", type=int, default=2026)

@@ -3,7 +3,11 @@ caller must not see it."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from retriever.embedder import INGEST, Embedder, EmbeddingWorker
 
@@ -55,3 +59,35 @@ def test_encode_gives_what_sentence_transformers_gives(embedder: Embedder) -> No
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert embedder.encode(["VPN"]).shape == (1, embedder.dimension)
+
+
+def test_onnx_backend_gives_the_same_vectors_and_exports_once(embedder: Embedder, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    onnx_dir = tmp_path / "onnx"
+    caplog.set_level(logging.INFO, logger="retriever.onnx_backend")
+    first = Embedder(embedder.id, embedder.path, onnx_dir=onnx_dir)
+    first.load()
+    assert first.backend == "onnxruntime" and embedder.backend == "torch"
+    (exported,) = onnx_dir.glob("*.onnx")
+    assert sum("exporting" in r.getMessage() for r in caplog.records) == 1
+    np.testing.assert_allclose(first.encode(TEXTS, batch_size=3), embedder.encode(TEXTS, batch_size=3), atol=1e-5)
+
+    caplog.clear()
+    stamp = exported.stat().st_mtime_ns
+    second = Embedder(embedder.id, embedder.path, onnx_dir=onnx_dir)
+    second.load()  # a restart: the cached export is used as it is
+    assert second.backend == "onnxruntime" and exported.stat().st_mtime_ns == stamp
+    assert not any("exporting" in r.getMessage() for r in caplog.records)
+    assert list(onnx_dir.iterdir()) == [exported]  # no temporary file left behind
+    np.testing.assert_array_equal(second.encode(["VPN"]), first.encode(["VPN"]))
+
+
+def test_a_model_that_cannot_run_in_onnx_runtime_stays_on_torch(embedder: Embedder, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the export folder should be")
+    fallback = Embedder(embedder.id, embedder.path, onnx_dir=blocked)
+    fallback.load()
+    assert fallback.backend == "torch"
+    assert any("could not run in ONNX Runtime" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(fallback.encode(TEXTS), embedder.encode(TEXTS), atol=1e-6)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from retriever.onnx_backend import OnnxTransformer
+
 __all__ = ["INGEST", "QUERY", "Embedder", "EmbeddingWorker", "bundled_model_path", "model_key"]
 
 logger = logging.getLogger(__name__)
@@ -47,11 +49,17 @@ class Embedder:
     """One sentence-transformers model under an id. :meth:`load` before anything else; then call it only from
     the embedding worker's thread."""
 
-    def __init__(self, embedder_id: str, path: str, *, torch_threads: int | None = None) -> None:
+    def __init__(self, embedder_id: str, path: str, *, torch_threads: int | None = None,
+                 onnx_dir: Path | None = None) -> None:
+        """With ``onnx_dir``, the model's transformer runs in ONNX Runtime, exported there once (see
+        :mod:`retriever.onnx_backend`); without it, or if it cannot be exported, in torch."""
         self.id = embedder_id
         self.path = path
         self.torch_threads = torch_threads
+        self.onnx_dir = onnx_dir
         self._model: Any = None
+        self._onnx: OnnxTransformer | None = None
+        self._after_transformer: list[Any] = []
         self._preprocess: Callable[[list[str]], dict[str, Any]] = lambda texts: {}
         self.dimension = 0
         self.max_tokens = 0
@@ -84,8 +92,17 @@ class Embedder:
         model.eval()
         # preprocess() is what newer sentence-transformers call tokenize()
         self._preprocess = getattr(model, "preprocess", None) or model.tokenize
+        if self.onnx_dir is not None:
+            self._onnx = OnnxTransformer.prepare(model, self.path, self.onnx_dir, torch.get_num_threads())
+            self._after_transformer = list(model)[1:]
         self._model = model
-        logger.info("embedder loaded", extra={"embedder": self.id, "path": self.path, "dimension": self.dimension})
+        logger.info("embedder loaded", extra={"embedder": self.id, "path": self.path, "dimension": self.dimension,
+                                              "backend": self.backend})
+
+    @property
+    def backend(self) -> str:
+        """What runs the transformer: ``onnxruntime`` or ``torch``."""
+        return "onnxruntime" if self._onnx is not None else "torch"
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text, in order (texts past the model's limit are truncated).
@@ -93,15 +110,21 @@ class Embedder:
         The model's own pipeline (tokenizer, transformer, pooling, any dense or normalize modules) run directly,
         as ``SentenceTransformer.encode`` runs them: that method also resolves the device and switches the
         model to eval mode on every call, which costs about 3 ms here, a fifth of embedding a one-line query
-        on two cores. The model is CPU-only and in eval mode from :meth:`load` on, so neither is needed."""
+        on two cores. The model is CPU-only and in eval mode from :meth:`load` on, so neither is needed. The
+        transformer step runs in ONNX Runtime when :meth:`load` could prepare it."""
         import torch
 
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 features = self._preprocess(list(texts[start:start + batch_size]))
-                embedded = self._model(features)["sentence_embedding"]
-                rows.append(torch.nn.functional.normalize(embedded.float(), p=2, dim=1))
+                if self._onnx is not None:
+                    features = self._onnx(features)
+                    for module in self._after_transformer:
+                        features = module(features)
+                else:
+                    features = self._model(features)
+                rows.append(torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2, dim=1))
         vectors = torch.cat(rows) if len(rows) > 1 else rows[0]
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 

@@ -87,7 +87,8 @@ class RetrieverService:
         for embedder_id, path in self.settings.embedder_paths(bundled_model_path()).items():
             if embedder_id in self.embedders:
                 continue
-            embedder = Embedder(embedder_id, path, torch_threads=self.settings.torch_threads)
+            embedder = Embedder(embedder_id, path, torch_threads=self.settings.torch_threads,
+                                onnx_dir=self.settings.data_dir / "onnx" if self.settings.onnx else None)
             try:
                 embedder.load()
             except Exception as exc:
