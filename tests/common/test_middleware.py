@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from chat_common.context import access_fields, request_id
 from chat_common.errors import APIError, install_error_handlers
-from chat_common.middleware import RequestContextMiddleware
+from chat_common.middleware import DISCOVERY_USER_AGENT, RequestContextMiddleware
 
 
 def _app() -> FastAPI:
@@ -20,6 +20,10 @@ def _app() -> FastAPI:
     async def echo() -> dict[str, str | None]:
         access_fields()["model"] = "m1"
         return {"request_id": request_id()}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/fail")
     async def fail() -> None:
@@ -47,6 +51,17 @@ async def test_request_id_is_kept_returned_and_logged(caplog: pytest.LogCaptureF
     record = next(r for r in caplog.records if r.name == "access")
     assert (record.status, record.route, record.model) == (200, "/echo", "m1")  # type: ignore[attr-defined]
     assert record.latency_ms >= 0  # type: ignore[attr-defined]
+
+
+async def test_probes_and_model_discovery_are_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="access")
+    await _get("/echo", {"User-Agent": DISCOVERY_USER_AGENT})  # the gateway's periodic GET /v1/models
+    await _get("/echo", {"User-Agent": "python-httpx"})  # anyone else
+    await _get("/health")
+    await _get("/fail", {"User-Agent": DISCOVERY_USER_AGENT})  # an error is never quiet
+    levels = [(r.route, r.levelno) for r in caplog.records if r.name == "access"]  # type: ignore[attr-defined]
+    assert levels == [("/echo", logging.DEBUG), ("/echo", logging.INFO), ("/health", logging.DEBUG),
+                      ("/fail", logging.INFO)]
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 200, "has space", "semi;colon"])

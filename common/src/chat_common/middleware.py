@@ -10,10 +10,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chat_common import context
 
-__all__ = ["RequestContextMiddleware"]
+__all__ = ["DISCOVERY_USER_AGENT", "RequestContextMiddleware"]
 
 _HEADER = context.REQUEST_ID_HEADER.lower().encode()
 _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+DISCOVERY_USER_AGENT = "switchboard-gateway-discovery"
+"""The User-Agent of the gateway's periodic ``GET /v1/models`` on every service; logged at DEBUG like probes."""
+_USER_AGENT = b"user-agent"
+_DISCOVERY = DISCOVERY_USER_AGENT.encode()
 
 
 class RequestContextMiddleware:
@@ -21,7 +25,8 @@ class RequestContextMiddleware:
 
     The access line carries route, status, latency_ms (until the last byte, streams included) and any
     fields the handler put into :func:`chat_common.context.access_fields` (such as ``model``).
-    Probes (/health, /ready, /metrics) are logged at DEBUG so they do not drown the log.
+    Probes (/health, /ready, /metrics) and the gateway's model discovery are logged at DEBUG so they do not
+    drown the log.
     """
 
     def __init__(self, app: ASGIApp, logger_name: str = "access") -> None:
@@ -33,10 +38,12 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = None
+        quiet = scope["path"] in _QUIET_PATHS
         for name, value in scope["headers"]:
             if name == _HEADER:
                 incoming = value.decode("latin-1")
-                break
+            elif name == _USER_AGENT and value == _DISCOVERY:
+                quiet = True
         rid = incoming if context.valid_request_id(incoming) else context.new_request_id()
         fields: dict[str, Any] = {}
         rid_token = context._request_id.set(rid)
@@ -55,15 +62,14 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            path = scope["path"]
-            level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
+            level = logging.DEBUG if quiet and status < 400 else logging.INFO
             if self.logger.isEnabledFor(level):
                 self.logger.log(
                     level,
                     "request",
                     extra={
                         "method": scope["method"],
-                        "route": path,
+                        "route": scope["path"],
                         "status": status,
                         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                         **fields,

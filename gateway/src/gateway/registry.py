@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from chat_common.middleware import DISCOVERY_USER_AGENT
+
 __all__ = ["Registry", "Replica", "describe_error"]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ class Registry:
 
     async def _read(self, replica: Replica) -> None:
         try:
-            async with self._session.get(f"{replica.url}/v1/models", timeout=self._timeout) as response:
+            async with self._session.get(f"{replica.url}/v1/models", timeout=self._timeout,
+                                         headers={"User-Agent": DISCOVERY_USER_AGENT}) as response:
                 response.raise_for_status()
                 data = (await response.json(content_type=None))["data"]
             replica.models = {card["id"]: card for card in data}
