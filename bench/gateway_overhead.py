@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe
 from tests.services import free_port, start_service
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16}
@@ -124,7 +124,7 @@ def main() -> None:
         rows.append({"concurrency": concurrency, "stream": stream, "direct": direct, "gateway": via,
                      "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"]})
 
-    print(f"\nmachine: {platform.node()} {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
+    print(f"\nmachine: {describe()}")
     print(f"{args.rounds} rounds; {args.chunks} SSE chunks per streamed answer\n")
     print("| concurrency | stream | path | p50 ms | p99 ms | TTFB p50 ms | req/s |")
     print("|---|---|---|---|---|---|---|")
@@ -146,12 +146,6 @@ def main() -> None:
           f"({'met' if c32_stream['rps_ratio'] >= 0.5 else 'NOT met'})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.machine import describe
 from tests.services import free_port, start_service
 
 FULL = "smollm2-135m-instruct-hf"
@@ -149,8 +149,7 @@ def main() -> None:
 
     full_mem = cards[FULL]["state"]["memory_bytes"]
     nf4_mem = cards[NF4]["state"]["memory_bytes"]
-    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+    print(f"\nmachine: {describe()}")
     print(f"{args.rounds} rounds; {args.concurrency} requests per pass, {args.max_tokens} tokens each "
           f"(greedy, ignore_eos); 1-minute load average {load_before:.2f} before, {load_after:.2f} after\n")
     print("| model | sequential tok/s | concurrent tok/s | ratio | mean sequences per decode pass |")

@@ -72,7 +72,6 @@ import json
 import math
 import os
 import pickle
-import platform
 import random
 import re
 import shutil
@@ -94,6 +93,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from bench.machine import describe  # noqa: E402
 from retriever.chunking import split_text  # noqa: E402
 from retriever.collection import DB_FILE, Collection, IndexPolicy, embedding_input  # noqa: E402
 from retriever.config import Settings  # noqa: E402
@@ -118,12 +118,6 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def loadavg() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0))
-    return (f"{platform.node()} {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -269,7 +263,7 @@ def run_quality(args: argparse.Namespace) -> None:
                                           args.top_k)
         reference = mean_scores([score(r, q["relevant"]) for r, q in zip(ref_rankings, questions, strict=True)])
 
-    print(f"\nmachine: {machine()}; load average {loadavg()}")
+    print(f"\nmachine: {describe()}; load average {loadavg()}")
     print(f"collection: {info['documents']} articles, {info['chunks']} chunks, embedder {info['embedder']}, "
           f"chunk_size {info['chunk_size']}, overlap {info['chunk_overlap']}, index {info['index']}; "
           f"{len(questions)} questions, top_k {args.top_k} chunks per search\n")
@@ -546,7 +540,7 @@ def run_scale(args: argparse.Namespace) -> None:
 
     default_ef = settings.hnsw_ef_search
     q_idx = [i for i, k in enumerate(kinds) if k == "question"]
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {describe()}")
     print(f"collection: {info['chunks']} synthetic chunks (mean {np.mean([len(t) for t in texts]):.0f} characters), "
           f"index {info['index']} (M {settings.hnsw_m}, efConstruction {settings.hnsw_ef_construction}, efSearch "
           f"{default_ef}), embedder {info['embedder']}")
@@ -684,7 +678,7 @@ def run_ingest(args: argparse.Namespace) -> None:
     def rate(step: str) -> float:
         return len(inputs) / sum(s for s, _ in results[step]) * len(results[step])
 
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {describe()}")
     print(f"{len(inputs)} chunks from {len(documents)} documents ({settings.chunk_size}/{settings.chunk_overlap} "
           f"chunking, {args.batch} documents per request, encode batch size {batch}), {args.rounds} round(s), "
           "order alternating\n")
