@@ -1,7 +1,7 @@
 """Turning sampled token ids into the text a client sees: incremental detokenization. (Stop sequences are
 :class:`chat_common.generation.StopScanner`, shared with inference-gguf.)
 
-Both run on the engine's worker thread, one instance per sequence, and never import torch.
+It runs on the engine's worker thread, one instance per sequence, and never imports torch.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ class Embedder:
         # preprocess() is what newer sentence-transformers call tokenize()
         self._preprocess = getattr(model, "preprocess", None) or model.tokenize
         if self.onnx_dir is not None:
-            self._onnx = OnnxTransformer.prepare(model, self.path, self.onnx_dir, torch.get_num_threads())
+            self._onnx = OnnxTransformer.prepare(model, self._preprocess, self.path, self.onnx_dir,
+                                                 torch.get_num_threads())
             self._after_transformer = list(model)[1:]
         self._model = model
         logger.info("embedder loaded", extra={"embedder": self.id, "path": self.path, "dimension": self.dimension,
@@ -105,7 +106,12 @@ class Embedder:
         return "onnxruntime" if self._onnx is not None else "torch"
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """L2-normalised float32 vectors, one row per text, in order (texts past the model's limit are truncated).
+        """L2-normalised float32 vectors, one row per text, in order (texts past the model's limit are truncated)."""
+        return self.embed(texts, batch_size)[0]
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """:meth:`encode`'s vectors and, from the same tokenization, the tokens the model read for each text
+        (special tokens included, after truncation).
 
         The model's own pipeline (tokenizer, transformer, pooling, any dense or normalize modules) run directly,
         as ``SentenceTransformer.encode`` runs them: that method also resolves the device and switches the
@@ -114,10 +120,11 @@ class Embedder:
         transformer step runs in ONNX Runtime when :meth:`load` could prepare it."""
         import torch
 
-        rows = []
+        rows, tokens = [], []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 features = self._preprocess(list(texts[start:start + batch_size]))
+                tokens += features["attention_mask"].sum(dim=1).tolist()
                 if self._onnx is not None:
                     features = self._onnx(features)
                     for module in self._after_transformer:
@@ -126,13 +133,7 @@ class Embedder:
                     features = self._model(features)
                 rows.append(torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2, dim=1))
         vectors = torch.cat(rows) if len(rows) > 1 else rows[0]
-        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens the model reads for each text: special tokens included, truncated as encoding truncates."""
-        encoded = self._model.tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                                        max_length=self.max_tokens)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32), tokens
 
 
 @dataclass(order=True)
@@ -186,8 +187,7 @@ class EmbeddingWorker:
         return self.submit(run, priority).result()
 
     def _batch(self, embedder: Embedder, texts: Sequence[str], with_tokens: bool) -> tuple[np.ndarray, list[int]]:
-        vectors = embedder.encode(texts, self.batch_size)
-        tokens = embedder.count_tokens(texts) if with_tokens else []
+        vectors, tokens = embedder.embed(texts, self.batch_size)
         if self._on_batch is not None:
             self._on_batch(embedder.id, len(texts))
         return vectors, tokens
@@ -213,12 +213,12 @@ class EmbeddingWorker:
             for future in futures:
                 future.cancel()
         vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
-        vectors[order] = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
-        tokens: list[int] = [0] * len(texts) if with_tokens else []
-        if with_tokens:
-            for position, count in zip(order, (count for part in parts for count in part[1]), strict=True):
-                tokens[position] = count
-        return vectors, tokens
+        vectors[order] = np.concatenate([part[0] for part in parts])
+        if not with_tokens:
+            return vectors, []
+        tokens = np.empty(len(texts), dtype=np.int64)
+        tokens[order] = [count for part in parts for count in part[1]]
+        return vectors, tokens.tolist()
 
     def close(self) -> None:
         """Stop the thread once the batch it runs is done; queued work is cancelled."""

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import logging
-import os
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from retriever.index import write_atomically
 
 __all__ = ["OnnxTransformer"]
 
@@ -42,16 +44,18 @@ class OnnxTransformer:
         self.path = path
 
     @classmethod
-    def prepare(cls, model: Any, model_path: str, cache_dir: Path, threads: int) -> OnnxTransformer | None:
-        """The session for ``model`` (a loaded ``SentenceTransformer``), exporting its transformer to
-        ``cache_dir`` first unless an export of the same weights is already there; None if it cannot run."""
+    def prepare(cls, model: Any, preprocess: Callable[[list[str]], dict[str, Any]], model_path: str,
+                cache_dir: Path, threads: int) -> OnnxTransformer | None:
+        """The session for ``model`` (a loaded ``SentenceTransformer`` whose tokenizer step is ``preprocess``),
+        exporting its transformer to ``cache_dir`` first unless an export of the same weights is already there;
+        None if it cannot run."""
         try:
             import onnxruntime as ort
             import torch
 
             transformer = model[0]
             auto_model = transformer.auto_model
-            sample = dict(_preprocess(model)(["a sample sentence"]))
+            sample = dict(preprocess(["a sample sentence"]))
             accepted = inspect.signature(auto_model.forward).parameters
             inputs = [name for name, value in sample.items()
                       if isinstance(value, torch.Tensor) and name in accepted]
@@ -84,10 +88,6 @@ class OnnxTransformer:
         return features
 
 
-def _preprocess(model: Any) -> Any:
-    return getattr(model, "preprocess", None) or model.tokenize
-
-
 def _cache_key(model_path: str, inputs: list[str], ort_version: str, torch_version: str) -> str:
     """A file name that changes with the weights (their files' names, sizes and times), the inputs, the opset
     and the library versions."""
@@ -113,17 +113,13 @@ def _export(auto_model: Any, sample: list[Any], inputs: list[str], path: Path) -
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             return self.model(**dict(zip(inputs, tensors, strict=True))).last_hidden_state
 
+    dynamic = {name: {0: "batch", 1: "tokens"} for name in [*inputs, _OUTPUT]}
+    exported = io.BytesIO()
+    # The tracer warns about every Python-level shape check in the model; they do not apply to the batch
+    # and token axes declared dynamic here, and the vectors are checked against torch's in the tests.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_TokenEmbeddings().eval(), tuple(sample), exported, input_names=inputs,
+                          output_names=[_OUTPUT], dynamic_axes=dynamic, opset_version=_OPSET, dynamo=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        dynamic = {name: {0: "batch", 1: "tokens"} for name in [*inputs, _OUTPUT]}
-        # The tracer warns about every Python-level shape check in the model; they do not apply to the batch
-        # and token axes declared dynamic here, and the vectors are checked against torch's in the tests.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_TokenEmbeddings().eval(), tuple(sample), temporary, input_names=inputs,
-                              output_names=[_OUTPUT], dynamic_axes=dynamic, opset_version=_OPSET, dynamo=False)
-        os.replace(temporary, path)  # atomic: a concurrent or interrupted export never leaves half a file
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    write_atomically(path, exported.getvalue())  # a concurrent or interrupted export never leaves half a file
