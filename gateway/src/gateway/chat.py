@@ -39,12 +39,11 @@ from gateway.retrieval import (
     RetrievalSpec,
     RetrieverClient,
     RetrieverUnavailable,
-    augment,
     query_of,
     retrieval_of,
+    with_passages,
 )
 from gateway.sessions import Transcript, compose, exchange, fit_history, session_id_of
-from gateway.tokens import estimate_messages
 
 __all__ = ["ChatRoutes"]
 
@@ -168,11 +167,8 @@ class Conversation:
         reserve = self.chat.token_limit or (min(512, context // 4) if context else 0)
         messages = self.data["messages"]
         if hits is not None:
-            instruction = self.settings.rag_instruction
-            budget = None if context is None else context - reserve - estimate_messages(
-                [*messages, {"content": instruction}])
-            self.passages = Passages(hits) if budget is None else Passages.fitting(hits, budget)
-            messages = augment(messages, self.passages, instruction)
+            messages, self.passages = with_passages(messages, hits, self.settings.rag_instruction,
+                                                    context_length=context, reserve=reserve)
             access_fields()["passages"] = len(self.passages.hits)
         if past:
             past = fit_history(past, messages, context_length=context, reserve=reserve)

@@ -22,8 +22,7 @@ from starlette.responses import JSONResponse, Response
 from chat_common.errors import APIError
 from gateway.credentials import mask_credentials
 from gateway.proxy import Proxy
-from gateway.retrieval import Passages, RetrievalSpec, RetrieverClient, RetrieverUnavailable, augment
-from gateway.tokens import estimate_messages
+from gateway.retrieval import RetrievalSpec, RetrieverClient, RetrieverUnavailable, with_passages
 
 __all__ = ["router"]
 
@@ -111,12 +110,9 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
         hit["text"] = mask_credentials(str(hit.get("text", "")))
     model = settings.rag_model
     card = proxy.registry.card(model) or {}
-    messages: list[dict[str, Any]] = [{"role": "user", "content": query}]
-    context = card.get("context_length")
-    passages = (Passages(hits) if context is None else Passages.fitting(
-        hits, context - ask.max_tokens - estimate_messages([*messages, {"content": settings.rag_instruction}])))
-    body = {"model": model, "max_tokens": ask.max_tokens, "stream": False,
-            "messages": augment(messages, passages, settings.rag_instruction)}
+    messages, passages = with_passages([{"role": "user", "content": query}], hits, settings.rag_instruction,
+                                       context_length=card.get("context_length"), reserve=ask.max_tokens)
+    body = {"model": model, "max_tokens": ask.max_tokens, "stream": False, "messages": messages}
     try:
         response = await proxy.forward(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chat_common.errors import APIError, validation_message
 from chat_common.protocol import ChatCompletionRequest
 from gateway.service_client import JsonService, ServiceRefused, ServiceUnavailable
-from gateway.tokens import BYTES_PER_TOKEN, estimate_tokens
+from gateway.tokens import BYTES_PER_TOKEN, estimate_messages, estimate_tokens
 
 __all__ = ["Passages", "RetrievalSpec", "RetrieverClient", "RetrieverUnavailable", "augment", "query_of",
-           "retrieval_of"]
+           "retrieval_of", "with_passages"]
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _PASSAGE_TOKENS = 12  # the "[n] title" line and spacing around a passage
@@ -138,6 +138,18 @@ def _passage_text(hit: dict[str, Any]) -> str:
 def _cut_at_word(text: str) -> str:
     cut = re.match(r"(?s)^(.*\S)\s+\S*$", text)
     return (cut.group(1) if cut else text) + " …"
+
+
+def with_passages(messages: list[dict[str, Any]], hits: list[dict[str, Any]], instruction: str, *,
+                  context_length: int | None, reserve: int) -> tuple[list[dict[str, Any]], Passages]:
+    """``messages`` with as many of ``hits`` as fit the model's context (``reserve`` tokens kept for the
+    answer; everything when the context length is unknown), and those passages."""
+    if context_length is None:
+        passages = Passages(hits)
+    else:
+        budget = context_length - reserve - estimate_messages([*messages, {"content": instruction}])
+        passages = Passages.fitting(hits, budget)
+    return augment(messages, passages, instruction), passages
 
 
 def augment(messages: list[dict[str, Any]], passages: Passages, instruction: str) -> list[dict[str, Any]]:
