@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     )
     onnx: bool = Field(
         True, description="Run the embedders' transformers in ONNX Runtime (exported once, cached under "
-        "RETRIEVER_DATA_DIR/onnx/; about 2.5x faster per query on two cores, same vectors to 1e-6); false, or a "
+        "RETRIEVER_DATA_DIR/onnx/; a question embeds in about half of torch's time, same vectors to 1e-5); false, or a "
         "model that cannot be exported, runs them in torch."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

@@ -2,11 +2,11 @@
 
 A sentence-transformers model is a pipeline: a ``Transformer`` module (tokenizer + a Hugging Face model that
 turns token ids into token embeddings), then pooling, and possibly dense and normalize modules. Almost all of
-the time goes into the transformer, and ONNX Runtime runs a small BERT 2 to 3 times faster than eager torch on a
-few CPU cores, with the same float32 results to about 1e-7. So the transformer is exported to ONNX once (with
-``torch.onnx.export``; about two seconds for all-MiniLM-L6-v2), cached on disk under a name that changes when
-the weights or the libraries change, and run by an ``InferenceSession``; tokenization and the other modules
-stay in sentence-transformers.
+the time goes into the transformer, and ONNX Runtime runs a small BERT about twice as fast as eager torch on a
+few CPU cores (``bench/retrieval.py scale`` measures both), with the same float32 results. So the transformer
+is exported to ONNX once (with ``torch.onnx.export``; about two seconds for all-MiniLM-L6-v2), cached on disk
+under a name that changes when the weights or the libraries change, and run by an ``InferenceSession``;
+tokenization and the other modules stay in sentence-transformers.
 
 A model whose transformer does not export (an architecture the exporter cannot trace) keeps running in torch:
 :meth:`OnnxTransformer.prepare` returns None and says why in the log.

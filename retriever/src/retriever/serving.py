@@ -264,8 +264,7 @@ class RetrieverService:
                 result = await asyncio.to_thread(collection.commit, plan, embedded)
                 await self._upkeep(collection)
         except CollectionClosed:
-            raise APIError(404, f"The collection '{collection.name}' was deleted during the request.",
-                           param="name", code="collection_not_found") from None
+            raise _deleted_meanwhile(collection.name) from None
         finally:
             self.metrics.ingests_running.dec()
         self.metrics.ingested_documents.labels(collection.name).inc(result.upserted)
@@ -287,8 +286,7 @@ class RetrieverService:
                 if chunks is not None:
                     await self._upkeep(collection)
         except CollectionClosed:
-            raise APIError(404, f"The collection '{name}' was deleted during the request.", param="name",
-                           code="collection_not_found") from None
+            raise _deleted_meanwhile(name) from None
         if chunks is None:
             raise APIError(404, f"The collection '{name}' has no document '{doc_id}'.", param="doc_id",
                            code="document_not_found")
@@ -311,8 +309,7 @@ class RetrieverService:
             hits = await asyncio.to_thread(collection.search, query[0], request.top_k, clauses,
                                            request.score_threshold)
         except CollectionClosed:
-            raise APIError(404, f"The collection '{name}' was deleted during the request.", param="name",
-                           code="collection_not_found") from None
+            raise _deleted_meanwhile(name) from None
         self.metrics.searches.labels(name).inc()
         self.metrics.search_seconds.labels(name).observe(time.perf_counter() - started)
         return SearchResponse(collection=name, data=hits)
@@ -375,3 +372,8 @@ class RetrieverService:
         data = await asyncio.to_thread(lambda: (index.read_bytes(), metadata.read_bytes(), config.read_bytes()))
         return await self.import_seed(name, *data, index_name=index.name, metadata_name=metadata.name,
                                       config_name=config.name)
+
+
+def _deleted_meanwhile(name: str) -> APIError:
+    return APIError(404, f"The collection '{name}' was deleted during the request.", param="name",
+                    code="collection_not_found")
