@@ -2,10 +2,13 @@
 
     make bench            # or: .venv/bin/python bench/gateway_overhead.py [--rounds 3] [--requests 300]
 
-Starts ``bench/fake_upstream.py`` and the real gateway (default settings, pointed at the fake) as
-subprocesses, then for concurrency 1 and 32, streaming and not, sends the same requests both ways.
-Direct and gateway passes alternate over several rounds so that drift on a shared machine hits both.
-Prints p50/p99 latency, p50 time to first byte and requests/s for each, and the two target ratios.
+Starts ``bench/fake_upstream.py``, the real gateway (default settings, pointed at the fake) and
+``bench/bare_proxy.py`` (a pass-through on the gateway's server and client libraries that does nothing
+else) as subprocesses, then for concurrency 1 and 32, streaming and not, sends the same requests
+straight to the fake, through the bare proxy and through the gateway. The passes alternate over
+several rounds so that drift on a shared machine hits all three. Prints p50/p99 latency, p50 time to
+first byte and requests/s for each, the two target ratios, and the gateway's throughput as a share of
+the bare proxy's (what the gateway's own work costs, apart from its libraries).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
 from tests.services import free_port, start_service
 
+PATHS = ("direct", "bare", "gateway")  # straight to the fake upstream, through bench/bare_proxy.py, through the gateway
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16}
 
 
@@ -84,6 +89,13 @@ async def run_load(base: str, *, stream: bool, concurrency: int, requests: int) 
     return samples
 
 
+def gc_collections(base: str) -> list[float]:
+    """The gateway's garbage-collection passes so far, by generation, from its /metrics page."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    prefix = "python_gc_collections_total{generation="
+    return [float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -100,43 +112,53 @@ def main() -> None:
     gateway = start_service("gateway", ["-m", "gateway"], {
         "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
         gw_port, logs)
+    bare_port = free_port()
+    bare = start_service("bare-proxy", ["bench/bare_proxy.py", "--port", str(bare_port), "--upstream", fake.url],
+                         {}, bare_port, logs)
     scenarios = [(1, False), (1, True), (32, False), (32, True)]
-    totals = {(target, c, s): Samples() for target in ("direct", "gateway") for c, s in scenarios}
+    totals = {(target, c, s): Samples() for target in PATHS for c, s in scenarios}
     try:
+        gc_before = gc_collections(gateway.url)
         for round_ in range(args.rounds):
             for concurrency, stream in scenarios:
                 n = args.requests if concurrency == 1 else args.requests_concurrent
-                order = [("direct", fake.url), ("gateway", gateway.url)]
+                order = [("direct", fake.url), ("bare", bare.url), ("gateway", gateway.url)]
                 if round_ % 2:
                     order.reverse()
                 for target, base in order:
                     samples = asyncio.run(run_load(base, stream=stream, concurrency=concurrency, requests=n))
                     totals[(target, concurrency, stream)].add(samples)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+        gc_passes = [after - before for before, after in zip(gc_before, gc_collections(gateway.url), strict=True)]
     finally:
+        bare.stop()
         gateway.stop()
         fake.stop()
 
     rows = []
     for concurrency, stream in scenarios:
-        direct = totals[("direct", concurrency, stream)].summary()
-        via = totals[("gateway", concurrency, stream)].summary()
-        rows.append({"concurrency": concurrency, "stream": stream, "direct": direct, "gateway": via,
-                     "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"]})
+        direct, bare_, via = (totals[(target, concurrency, stream)].summary() for target in PATHS)
+        rows.append({"concurrency": concurrency, "stream": stream, "direct": direct, "bare": bare_, "gateway": via,
+                     "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"],
+                     "bare_rps_ratio": bare_["rps"] / direct["rps"], "rps_of_bare": via["rps"] / bare_["rps"]})
 
     print(f"\nmachine: {describe()}")
     print(f"{args.rounds} rounds; {args.chunks} SSE chunks per streamed answer\n")
     print("| concurrency | stream | path | p50 ms | p99 ms | TTFB p50 ms | req/s |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        for target in ("direct", "gateway"):
+        for target in PATHS:
             s = row[target]
             print(f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {target} | {s['p50_ms']:.3f} | "
                   f"{s['p99_ms']:.3f} | {s['ttfb_p50_ms']:.3f} | {s['rps']:.0f} |")
     print()
     for row in rows:
         print(f"concurrency {row['concurrency']:>2}, stream={row['stream']!s:5}: added p50 "
-              f"{row['added_p50_ms']:.3f} ms, gateway/direct throughput {row['rps_ratio']:.2f}x")
+              f"{row['added_p50_ms']:.3f} ms, throughput vs direct: gateway {row['rps_ratio']:.2f}x, "
+              f"bare proxy {row['bare_rps_ratio']:.2f}x; gateway/bare proxy {row['rps_of_bare']:.2f}x")
+    served = sum(len(totals[("gateway", c, s)].latency) for c, s in scenarios)
+    print(f"gateway garbage-collection passes over its {served} measured requests (and the warm-up ones): "
+          + ", ".join(f"generation {g}: {n:.0f}" for g, n in enumerate(gc_passes)))
     c1 = [r for r in rows if r["concurrency"] == 1]
     c32_stream = next(r for r in rows if r["concurrency"] == 32 and r["stream"])
     worst_added = max(r["added_p50_ms"] for r in c1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,12 +53,13 @@ class RequestContextMiddleware:
         status = 500
         rid_header = (_HEADER, rid.encode())
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no extra coroutine per message of a stream.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_with_id)

@@ -147,8 +147,8 @@ class Proxy:
             problem = describe_error(exc)
         if not finished:
             self.metrics.upstream_failures.labels(replica.service, "stream_cut").inc()
-            logger.warning("upstream stream cut short", extra={"service": replica.service, "url": replica.url,
-                                                               "error": problem})
+            logger.warning("upstream stream cut short",
+                           extra={"upstream_service": replica.service, "url": replica.url, "error": problem})
             yield sse.error_event(f"The service '{replica.service}' stopped the stream early: {problem}.",
                                   type="upstream_error", code="stream_interrupted")
             yield sse.DONE

@@ -68,7 +68,7 @@ class Registry:
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             if replica.reachable or replica.error == "not read yet":
                 logger.warning("service replica unreachable", extra={
-                    "service": replica.service, "url": replica.url, "error": describe_error(exc)})
+                    "upstream_service": replica.service, "url": replica.url, "error": describe_error(exc)})
             replica.reachable, replica.error = False, describe_error(exc)
 
     def _rebuild(self) -> None:
