@@ -12,10 +12,15 @@ figures separate what the server and client libraries cost from what the gateway
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.fake_upstream import read_body
 
 
 def build_app(upstream: str) -> Any:
@@ -24,7 +29,7 @@ def build_app(upstream: str) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         nonlocal session
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=100, limit_per_host=0, keepalive_timeout=4),
                     timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=300),
@@ -34,12 +39,7 @@ def build_app(upstream: str) -> Any:
                 await session.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["method"] != "POST":  # readiness probe
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})

@@ -37,16 +37,11 @@ def build_app(chunks: int) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         if path in ("/v1/models", "/ready", "/health"):
             await _send(send, 200, b"application/json", models)
@@ -62,6 +57,16 @@ def build_app(chunks: int) -> Any:
             await _send(send, 404, b"application/json", b'{"error":{"message":"not found"}}')
 
     return app
+
+
+async def read_body(receive: Any) -> bytes:
+    """A request's whole body (also used by ``bench/bare_proxy.py``)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 async def _send(send: Any, status: int, content_type: bytes, body: bytes) -> None:
