@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from chat_common.generation import EngineBusy, EngineEvent, Failed, Finished, SamplingParams, Sequence, TextDelta
+from inference_hf.engine import EngineStats
 from tests.inference_hf.conftest import Service
 
 
@@ -67,21 +68,29 @@ def _ensure(service: Service, model: str) -> None:
     assert service.client.post(f"/v1/models/{model}/load").status_code == 200
 
 
-def test_a_late_request_joins_the_running_batch_and_answers_as_if_alone(service: Service) -> None:
-    engine = service.engine
-    a = _tokens(service, "smol", "Tell me a story about a dragon.")
-    b = _tokens(service, "smol", "List the primary colors.")
-    params = greedy(12, ignore_eos=True)
-    alone = [_run(service, "smol", a, params), _run(service, "smol", b, params)]
+Answers = list[tuple[str, Finished]]
 
-    before = engine.stats("smol")
+
+def _late_arrival(service: Service, model: str, a: list[int], b: list[int],
+                  params: SamplingParams) -> tuple[Answers, Answers, EngineStats, EngineStats]:
+    """A and B answered one after the other, then again with B submitted while A is mid-generation:
+    (answers alone, answers together, engine stats before and after the second round)."""
+    engine = service.engine
+    alone = [_run(service, model, a, params), _run(service, model, b, params)]
+    before = engine.stats(model)
     first, second = Collector(hold=True), Collector()
-    engine.submit("smol", Sequence(a, params, first))
+    engine.submit(model, Sequence(a, params, first))
     assert first.reached.wait(60)  # A was prefilled and is mid-generation; the worker waits in its sink
-    engine.submit("smol", Sequence(b, params, second))
+    engine.submit(model, Sequence(b, params, second))
     first.release()
     together = [first.result(), second.result()]
-    after = engine.stats("smol")
+    return alone, together, before, engine.stats(model)
+
+
+def test_a_late_request_joins_the_running_batch_and_answers_as_if_alone(service: Service) -> None:
+    a = _tokens(service, "smol", "Tell me a story about a dragon.")
+    b = _tokens(service, "smol", "List the primary colors.")
+    alone, together, before, after = _late_arrival(service, "smol", a, b, greedy(12, ignore_eos=True))
 
     assert [t for t, _ in together] == [t for t, _ in alone]  # left padding and merging change nothing
     assert [e.completion_tokens for _, e in together] == [12, 12]
@@ -127,22 +136,11 @@ def test_a_cancelled_sequence_leaves_the_batch_before_the_next_forward_pass(serv
 
 def test_encoder_decoder_late_arrival_decodes_in_its_own_cohort(service: Service) -> None:
     _ensure(service, "bart-templated")
-    engine = service.engine
+    info = service.engine.info("bart-templated")
+    assert info.is_encoder_decoder and info.batching == "cohort"
     a = _tokens(service, "bart-templated", "hello there")
     b = _tokens(service, "bart-templated", "a different and longer question, with more words in it")
-    params = greedy(6, ignore_eos=True)
-    alone = [_run(service, "bart-templated", a, params), _run(service, "bart-templated", b, params)]
-    info = engine.info("bart-templated")
-    assert info.is_encoder_decoder and info.batching == "cohort"
-
-    before = engine.stats("bart-templated")
-    first, second = Collector(hold=True), Collector()
-    engine.submit("bart-templated", Sequence(a, params, first))
-    assert first.reached.wait(60)
-    engine.submit("bart-templated", Sequence(b, params, second))
-    first.release()
-    together = [first.result(), second.result()]
-    after = engine.stats("bart-templated")
+    alone, together, before, after = _late_arrival(service, "bart-templated", a, b, greedy(6, ignore_eos=True))
     assert [t for t, _ in together] == [t for t, _ in alone]  # decoder positions never shifted
     assert after.merges == before.merges  # BART's decoder positions come from the cache: never merged
     assert after.decode_rows - before.decode_rows == 10

@@ -271,6 +271,18 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
+def _padded(lm: _Loaded, rows: list[_Row], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' prompts as one ``[B, T]`` id tensor padded to the longest, and its attention mask."""
+    prompts = [r.seq.prompt_tokens for r in rows]
+    width = max(len(p) for p in prompts)
+    ids, mask = [], []
+    for p in prompts:
+        pad = width - len(p)
+        ids.append([lm.pad_id] * pad + p if left else p + [lm.pad_id] * pad)
+        mask.append([0] * pad + [1] * len(p) if left else [1] * len(p) + [0] * pad)
+    return torch.tensor(ids, device=lm.device), torch.tensor(mask, device=lm.device)
+
+
 class _CausalBatch:
     """Decoder-only rows sharing one left-padded ``DynamicCache``."""
 
@@ -285,10 +297,7 @@ class _CausalBatch:
 
     @classmethod
     def prefill(cls, lm: _Loaded, rows: list[_Row]) -> tuple[_CausalBatch, torch.Tensor]:
-        prompts = [r.seq.prompt_tokens for r in rows]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[lm.pad_id] * (width - len(p)) + p for p in prompts], device=lm.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device)
+        ids, mask = _padded(lm, rows, left=True)  # left: every row's next token lands in the same column
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": DynamicCache(config=lm.model.config),
                                   "use_cache": True}
@@ -359,10 +368,7 @@ class _Seq2SeqBatch:
 
     @classmethod
     def prefill(cls, lm: _Loaded, rows: list[_Row]) -> tuple[_Seq2SeqBatch, torch.Tensor]:
-        prompts = [r.seq.prompt_tokens for r in rows]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([p + [lm.pad_id] * (width - len(p)) for p in prompts], device=lm.device)
-        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=lm.device)
+        ids, mask = _padded(lm, rows, left=False)  # the encoder reads the whole prompt: pad on the right
         states = lm.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         start = torch.full((len(rows),), lm.decoder_start_id, dtype=torch.long, device=lm.device)
         batch = cls(rows, EncoderDecoderCache(DynamicCache(), DynamicCache()), states, mask, start)
