@@ -21,6 +21,9 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fake_upstream import read_body
+from gateway.config import Settings
+
+_GATEWAY = {name: field.default for name, field in Settings.model_fields.items()}  # the gateway's defaults
 
 
 def build_app(upstream: str) -> Any:
@@ -31,8 +34,10 @@ def build_app(upstream: str) -> Any:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=100, limit_per_host=0, keepalive_timeout=4),
-                    timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=300),
+                    connector=aiohttp.TCPConnector(limit=_GATEWAY["max_upstream_connections"], limit_per_host=0,
+                                                   keepalive_timeout=4),
+                    timeout=aiohttp.ClientTimeout(total=None, connect=_GATEWAY["connect_timeout_s"],
+                                                  sock_read=_GATEWAY["read_timeout_s"]),
                     cookie_jar=aiohttp.DummyCookieJar())
                 await send({"type": "lifespan.startup.complete"})
             if session is not None:

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,18 +107,20 @@ def main() -> None:
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    up_port, gw_port = free_port(), free_port()
-    fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port), "--chunks",
-                                           str(args.chunks)], {}, up_port, logs)
-    gateway = start_service("gateway", ["-m", "gateway"], {
-        "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
-        gw_port, logs)
-    bare_port = free_port()
-    bare = start_service("bare-proxy", ["bench/bare_proxy.py", "--port", str(bare_port), "--upstream", fake.url],
-                         {}, bare_port, logs)
+    up_port, gw_port, bare_port = free_port(), free_port(), free_port()
     scenarios = [(1, False), (1, True), (32, False), (32, True)]
     totals = {(target, c, s): Samples() for target in PATHS for c, s in scenarios}
-    try:
+    with ExitStack() as running:  # whatever started is stopped, also when a later start fails
+        fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port), "--chunks",
+                                               str(args.chunks)], {}, up_port, logs)
+        running.callback(fake.stop)
+        gateway = start_service("gateway", ["-m", "gateway"], {
+            "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
+            gw_port, logs)
+        running.callback(gateway.stop)
+        bare = start_service("bare-proxy", ["bench/bare_proxy.py", "--port", str(bare_port), "--upstream",
+                                            fake.url], {}, bare_port, logs)
+        running.callback(bare.stop)
         gc_before = gc_collections(gateway.url)
         for round_ in range(args.rounds):
             for concurrency, stream in scenarios:
@@ -130,17 +133,15 @@ def main() -> None:
                     totals[(target, concurrency, stream)].add(samples)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         gc_passes = [after - before for before, after in zip(gc_before, gc_collections(gateway.url), strict=True)]
-    finally:
-        bare.stop()
-        gateway.stop()
-        fake.stop()
 
     rows = []
     for concurrency, stream in scenarios:
-        direct, bare_, via = (totals[(target, concurrency, stream)].summary() for target in PATHS)
-        rows.append({"concurrency": concurrency, "stream": stream, "direct": direct, "bare": bare_, "gateway": via,
+        by = {target: totals[(target, concurrency, stream)].summary() for target in PATHS}
+        direct, bare_proxy, via = by["direct"], by["bare"], by["gateway"]
+        rows.append({"concurrency": concurrency, "stream": stream, **by,
                      "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"],
-                     "bare_rps_ratio": bare_["rps"] / direct["rps"], "rps_of_bare": via["rps"] / bare_["rps"]})
+                     "bare_rps_ratio": bare_proxy["rps"] / direct["rps"],
+                     "rps_of_bare": via["rps"] / bare_proxy["rps"]})
 
     print(f"\nmachine: {describe()}")
     print(f"{args.rounds} rounds; {args.chunks} SSE chunks per streamed answer\n")
