@@ -34,11 +34,14 @@ def build_app(upstream: str) -> Any:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=_GATEWAY["max_upstream_connections"], limit_per_host=0,
-                                                   keepalive_timeout=4),
-                    timeout=aiohttp.ClientTimeout(total=None, connect=_GATEWAY["connect_timeout_s"],
-                                                  sock_read=_GATEWAY["read_timeout_s"]),
-                    cookie_jar=aiohttp.DummyCookieJar())
+                    connector=aiohttp.TCPConnector(
+                        limit=_GATEWAY["max_upstream_connections"], limit_per_host=0, keepalive_timeout=4
+                    ),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=_GATEWAY["connect_timeout_s"], sock_read=_GATEWAY["read_timeout_s"]
+                    ),
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                )
                 await send({"type": "lifespan.startup.complete"})
             if session is not None:
                 await session.close()
@@ -50,10 +53,16 @@ def build_app(upstream: str) -> Any:
             await send({"type": "http.response.body", "body": b"ok"})
             return
         assert session is not None
-        async with session.post(upstream + scope["path"], data=body,
-                                headers={"Content-Type": "application/json"}) as response:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": [(b"content-type", response.headers["Content-Type"].encode())]})
+        async with session.post(
+            upstream + scope["path"], data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [(b"content-type", response.headers["Content-Type"].encode())],
+                }
+            )
             async for piece in response.content.iter_any():
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -66,8 +75,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
-    uvicorn.run(build_app(args.upstream.rstrip("/")), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        build_app(args.upstream.rstrip("/")),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

@@ -18,18 +18,46 @@ MODEL = "fake-model"
 
 
 def build_app(chunks: int) -> Any:
-    models = orjson.dumps({"object": "list", "data": [
-        {"id": MODEL, "object": "model", "created": 0, "owned_by": "fake-upstream", "context_length": 4096}]})
-    completion = orjson.dumps({
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * chunks},
-                     "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}})
+    models = orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": MODEL, "object": "model", "created": 0, "owned_by": "fake-upstream", "context_length": 4096}
+            ],
+        }
+    )
+    completion = orjson.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "tok " * chunks},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks},
+        }
+    )
 
     def chunk(delta: dict[str, str], finish: str | None) -> bytes:
-        return b"data: " + orjson.dumps({
-            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}) + b"\n\n"
+        return (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
+            )
+            + b"\n\n"
+        )
 
     events = [chunk({"role": "assistant", "content": ""}, None)]
     events += [chunk({"content": "tok "}, None) for _ in range(chunks)]
@@ -46,8 +74,9 @@ def build_app(chunks: int) -> Any:
         if path in ("/v1/models", "/ready", "/health"):
             await _send(send, 200, b"application/json", models)
         elif path == "/v1/chat/completions" and b'"stream":true' in body.replace(b" ", b""):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            )
             for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -79,8 +108,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=16)
     args = parser.parse_args()
-    uvicorn.run(build_app(args.chunks), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        build_app(args.chunks), host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="on"
+    )
 
 
 if __name__ == "__main__":

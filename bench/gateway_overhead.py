@@ -111,15 +111,25 @@ def main() -> None:
     scenarios = [(1, False), (1, True), (32, False), (32, True)]
     totals = {(target, c, s): Samples() for target in PATHS for c, s in scenarios}
     with ExitStack() as running:  # whatever started is stopped, also when a later start fails
-        fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port), "--chunks",
-                                               str(args.chunks)], {}, up_port, logs)
+        fake = start_service(
+            "fake-upstream",
+            ["bench/fake_upstream.py", "--port", str(up_port), "--chunks", str(args.chunks)],
+            {},
+            up_port,
+            logs,
+        )
         running.callback(fake.stop)
-        gateway = start_service("gateway", ["-m", "gateway"], {
-            "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
-            gw_port, logs)
+        gateway = start_service(
+            "gateway",
+            ["-m", "gateway"],
+            {"GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]})},
+            gw_port,
+            logs,
+        )
         running.callback(gateway.stop)
-        bare = start_service("bare-proxy", ["bench/bare_proxy.py", "--port", str(bare_port), "--upstream",
-                                            fake.url], {}, bare_port, logs)
+        bare = start_service(
+            "bare-proxy", ["bench/bare_proxy.py", "--port", str(bare_port), "--upstream", fake.url], {}, bare_port, logs
+        )
         running.callback(bare.stop)
         gc_before = gc_collections(gateway.url)
         for round_ in range(args.rounds):
@@ -138,10 +148,17 @@ def main() -> None:
     for concurrency, stream in scenarios:
         by = {target: totals[(target, concurrency, stream)].summary() for target in PATHS}
         direct, bare_proxy, via = by["direct"], by["bare"], by["gateway"]
-        rows.append({"concurrency": concurrency, "stream": stream, **by,
-                     "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "rps_ratio": via["rps"] / direct["rps"],
-                     "bare_rps_ratio": bare_proxy["rps"] / direct["rps"],
-                     "rps_of_bare": via["rps"] / bare_proxy["rps"]})
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "stream": stream,
+                **by,
+                "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
+                "rps_ratio": via["rps"] / direct["rps"],
+                "bare_rps_ratio": bare_proxy["rps"] / direct["rps"],
+                "rps_of_bare": via["rps"] / bare_proxy["rps"],
+            }
+        )
 
     print(f"\nmachine: {describe()}")
     print(f"{args.rounds} rounds; {args.chunks} SSE chunks per streamed answer\n")
@@ -150,23 +167,33 @@ def main() -> None:
     for row in rows:
         for target in PATHS:
             s = row[target]
-            print(f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {target} | {s['p50_ms']:.3f} | "
-                  f"{s['p99_ms']:.3f} | {s['ttfb_p50_ms']:.3f} | {s['rps']:.0f} |")
+            print(
+                f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {target} | {s['p50_ms']:.3f} | "
+                f"{s['p99_ms']:.3f} | {s['ttfb_p50_ms']:.3f} | {s['rps']:.0f} |"
+            )
     print()
     for row in rows:
-        print(f"concurrency {row['concurrency']:>2}, stream={row['stream']!s:5}: added p50 "
-              f"{row['added_p50_ms']:.3f} ms, throughput vs direct: gateway {row['rps_ratio']:.2f}x, "
-              f"bare proxy {row['bare_rps_ratio']:.2f}x; gateway/bare proxy {row['rps_of_bare']:.2f}x")
+        print(
+            f"concurrency {row['concurrency']:>2}, stream={row['stream']!s:5}: added p50 "
+            f"{row['added_p50_ms']:.3f} ms, throughput vs direct: gateway {row['rps_ratio']:.2f}x, "
+            f"bare proxy {row['bare_rps_ratio']:.2f}x; gateway/bare proxy {row['rps_of_bare']:.2f}x"
+        )
     served = sum(len(totals[("gateway", c, s)].latency) for c, s in scenarios)
-    print(f"gateway garbage-collection passes over its {served} measured requests (and the warm-up ones): "
-          + ", ".join(f"generation {g}: {n:.0f}" for g, n in enumerate(gc_passes)))
+    print(
+        f"gateway garbage-collection passes over its {served} measured requests (and the warm-up ones): "
+        + ", ".join(f"generation {g}: {n:.0f}" for g, n in enumerate(gc_passes))
+    )
     c1 = [r for r in rows if r["concurrency"] == 1]
     c32_stream = next(r for r in rows if r["concurrency"] == 32 and r["stream"])
     worst_added = max(r["added_p50_ms"] for r in c1)
-    print(f"\ntarget added p50 at concurrency 1 <= 1 ms: {worst_added:.3f} ms "
-          f"({'met' if worst_added <= 1 else 'NOT met'})")
-    print(f"target streaming throughput at concurrency 32 >= 0.5x direct: {c32_stream['rps_ratio']:.2f}x "
-          f"({'met' if c32_stream['rps_ratio'] >= 0.5 else 'NOT met'})")
+    print(
+        f"\ntarget added p50 at concurrency 1 <= 1 ms: {worst_added:.3f} ms "
+        f"({'met' if worst_added <= 1 else 'NOT met'})"
+    )
+    print(
+        f"target streaming throughput at concurrency 32 >= 0.5x direct: {c32_stream['rps_ratio']:.2f}x "
+        f"({'met' if c32_stream['rps_ratio'] >= 0.5 else 'NOT met'})"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

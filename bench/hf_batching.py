@@ -56,8 +56,13 @@ PROMPTS = [
 
 
 async def _one(session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int) -> int:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     async with session.post(url, json=body) as response:
         payload = await response.json()
         if response.status != 200:
@@ -111,8 +116,10 @@ def measure(base: str, model: str, *, rounds: int, concurrency: int, max_tokens:
             totals[name][1] += elapsed
             if concurrent:
                 mean_rows = (after[1] - before[1]) / max(1.0, after[0] - before[0])
-            print(f"  round {round_ + 1}: {name:10} {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.1f} tok/s",
-                  file=sys.stderr)
+            print(
+                f"  round {round_ + 1}: {name:10} {tokens} tokens in {elapsed:.2f}s = {tokens / elapsed:.1f} tok/s",
+                file=sys.stderr,
+            )
     seq = totals["sequential"][0] / totals["sequential"][1]
     conc = totals["concurrent"][0] / totals["concurrent"][1]
     return {"sequential_tok_s": seq, "concurrent_tok_s": conc, "ratio": conc / seq, "mean_rows_per_decode": mean_rows}
@@ -124,25 +131,40 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-nf4", action="store_true", help="measure the float32 model only")
-    parser.add_argument("--cache-dir", type=Path, default=Path("var/hf-models"),
-                        help="prepared models (INFERENCE_HF_MODELS_CACHE_DIR); prepared on first use")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("var/hf-models"),
+        help="prepared models (INFERENCE_HF_MODELS_CACHE_DIR); prepared on first use",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="bench-hf-"))
     port = free_port()
-    service = start_service("inference-hf", ["-m", "inference_hf"], {
-        "INFERENCE_HF_PORT": str(port), "INFERENCE_HF_MODELS_CACHE_DIR": str(args.cache_dir),
-        "INFERENCE_HF_MAX_BATCH_SIZE": str(args.concurrency), "INFERENCE_HF_KEEP_ALIVE_S": "-1",
-        "INFERENCE_HF_LOG_LEVEL": "WARNING"}, port, logs, timeout_s=600)
+    service = start_service(
+        "inference-hf",
+        ["-m", "inference_hf"],
+        {
+            "INFERENCE_HF_PORT": str(port),
+            "INFERENCE_HF_MODELS_CACHE_DIR": str(args.cache_dir),
+            "INFERENCE_HF_MAX_BATCH_SIZE": str(args.concurrency),
+            "INFERENCE_HF_KEEP_ALIVE_S": "-1",
+            "INFERENCE_HF_LOG_LEVEL": "WARNING",
+        },
+        port,
+        logs,
+        timeout_s=600,
+    )
     results: dict[str, dict[str, float]] = {}
     load_before = os.getloadavg()[0]
     try:
         cards = asyncio.run(_cards(service.url))
         for model in [FULL] if args.skip_nf4 else [FULL, NF4]:
             print(f"{model}:", file=sys.stderr)
-            results[model] = measure(service.url, model, rounds=args.rounds, concurrency=args.concurrency,
-                                     max_tokens=args.max_tokens)
+            results[model] = measure(
+                service.url, model, rounds=args.rounds, concurrency=args.concurrency, max_tokens=args.max_tokens
+            )
     finally:
         service.stop()
     load_after = os.getloadavg()[0]
@@ -150,21 +172,28 @@ def main() -> None:
     full_mem = cards[FULL]["state"]["memory_bytes"]
     nf4_mem = cards[NF4]["state"]["memory_bytes"]
     print(f"\nmachine: {describe()}")
-    print(f"{args.rounds} rounds; {args.concurrency} requests per pass, {args.max_tokens} tokens each "
-          f"(greedy, ignore_eos); 1-minute load average {load_before:.2f} before, {load_after:.2f} after\n")
+    print(
+        f"{args.rounds} rounds; {args.concurrency} requests per pass, {args.max_tokens} tokens each "
+        f"(greedy, ignore_eos); 1-minute load average {load_before:.2f} before, {load_after:.2f} after\n"
+    )
     print("| model | sequential tok/s | concurrent tok/s | ratio | mean sequences per decode pass |")
     print("|---|---|---|---|---|")
     for model, r in results.items():
-        print(f"| {model} | {r['sequential_tok_s']:.1f} | {r['concurrent_tok_s']:.1f} | {r['ratio']:.2f}x | "
-              f"{r['mean_rows_per_decode']:.2f} |")
-    print(f"\nmemory footprint: float32 {full_mem / 2**20:.0f} MiB, NF4 {nf4_mem / 2**20:.0f} MiB "
-          f"({nf4_mem / full_mem:.2f}x, {full_mem / nf4_mem:.1f}x smaller)")
+        print(
+            f"| {model} | {r['sequential_tok_s']:.1f} | {r['concurrent_tok_s']:.1f} | {r['ratio']:.2f}x | "
+            f"{r['mean_rows_per_decode']:.2f} |"
+        )
+    print(
+        f"\nmemory footprint: float32 {full_mem / 2**20:.0f} MiB, NF4 {nf4_mem / 2**20:.0f} MiB "
+        f"({nf4_mem / full_mem:.2f}x, {full_mem / nf4_mem:.1f}x smaller)"
+    )
     ratio = results[FULL]["ratio"]
-    print(f"target: {args.concurrency} concurrent >= 3x sequential for {FULL}: {ratio:.2f}x "
-          f"({'met' if ratio >= 3 else 'NOT met'})")
+    print(
+        f"target: {args.concurrency} concurrent >= 3x sequential for {FULL}: {ratio:.2f}x "
+        f"({'met' if ratio >= 3 else 'NOT met'})"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "memory_bytes": {FULL: full_mem, NF4: nf4_mem}},
-                                        indent=2))
+        args.json.write_text(json.dumps({"results": results, "memory_bytes": {FULL: full_mem, NF4: nf4_mem}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,10 +27,12 @@ from history.store.sqlite import SQLiteStore
 async def store_figures(path: Path, n: int, concurrency: int) -> dict[str, float]:
     store = await SQLiteStore.open(path)
     try:
+
         async def writer(w: int) -> None:
             for i in range(n // concurrency):
-                await store.append(f"s{w}", [NewMessage(role="user", content=f"message {i} " * 20,
-                                                        message_id=f"{w}-{i}")])
+                await store.append(
+                    f"s{w}", [NewMessage(role="user", content=f"message {i} " * 20, message_id=f"{w}-{i}")]
+                )
 
         started = time.perf_counter()
         await asyncio.gather(*(writer(w) for w in range(concurrency)))
@@ -59,8 +61,9 @@ def baseline(path: Path, n: int) -> dict[str, float]:
     reads = []
     for _ in range(500):
         t = time.perf_counter()
-        db.execute("SELECT * FROM (SELECT * FROM m WHERE session_id='s0' ORDER BY seq DESC LIMIT 20) "
-                   "ORDER BY seq").fetchall()
+        db.execute(
+            "SELECT * FROM (SELECT * FROM m WHERE session_id='s0' ORDER BY seq DESC LIMIT 20) ORDER BY seq"
+        ).fetchall()
         reads.append(time.perf_counter() - t)
     db.close()
     return {"appends_per_s": appends, "read_p50_ms": statistics.median(reads) * 1000}
@@ -78,8 +81,10 @@ def main() -> None:
     print(f"| sqlite3 module, one writer (baseline) | {raw['appends_per_s']:.0f} | {raw['read_p50_ms']:.3f} |")
     print(f"| history store, one writer | {one['appends_per_s']:.0f} | {one['read_p50_ms']:.3f} |")
     print(f"| history store, 16 concurrent writers | {many['appends_per_s']:.0f} | {many['read_p50_ms']:.3f} |")
-    print(f"\nstore/baseline appends: {one['appends_per_s'] / raw['appends_per_s']:.2f}x (one writer), "
-          f"{many['appends_per_s'] / raw['appends_per_s']:.2f}x (16 writers)")
+    print(
+        f"\nstore/baseline appends: {one['appends_per_s'] / raw['appends_per_s']:.2f}x (one writer), "
+        f"{many['appends_per_s'] / raw['appends_per_s']:.2f}x (16 writers)"
+    )
 
 
 if __name__ == "__main__":

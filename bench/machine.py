@@ -26,5 +26,7 @@ def describe() -> str:
                 break
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{model} ({vector}), {cpus} CPUs available, {platform.machine()}, Python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}")
+    return (
+        f"{model} ({vector}), {cpus} CPUs available, {platform.machine()}, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
+    )

@@ -130,9 +130,14 @@ class Retriever:
     def __init__(self, data_dir: Path, logs: Path, env: dict[str, str] | None = None) -> None:
         port = free_port()
         self.data_dir = data_dir
-        self.service = start_service("retriever", ["-m", "retriever"], {
-            "RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1",
-            **(env or {})}, port, logs, timeout_s=600)
+        self.service = start_service(
+            "retriever",
+            ["-m", "retriever"],
+            {"RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **(env or {})},
+            port,
+            logs,
+            timeout_s=600,
+        )
         self.client = httpx.Client(base_url=self.service.url, timeout=None)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -142,8 +147,11 @@ class Retriever:
         return response.json()
 
     def create(self, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.call("PUT", f"/v1/collections/{name}", json=body) if body else \
-            self.call("PUT", f"/v1/collections/{name}")
+        return (
+            self.call("PUT", f"/v1/collections/{name}", json=body)
+            if body
+            else self.call("PUT", f"/v1/collections/{name}")
+        )
 
     def upsert(self, name: str, documents: list[dict[str, Any]]) -> dict[str, Any]:
         return self.call("POST", f"/v1/collections/{name}/documents", json={"documents": documents})
@@ -192,8 +200,9 @@ def load_embedder(onnx_dir: Path | None) -> Any:
     service's export folder (as the service runs it by default)."""
     from retriever.embedder import Embedder, bundled_model_path
 
-    embedder = Embedder("all-minilm-l6-v2", bundled_model_path(), torch_threads=Settings().torch_threads,
-                        onnx_dir=onnx_dir)
+    embedder = Embedder(
+        "all-minilm-l6-v2", bundled_model_path(), torch_threads=Settings().torch_threads, onnx_dir=onnx_dir
+    )
     embedder.load()
     return embedder
 
@@ -211,16 +220,21 @@ def score(ranking: Sequence[str], relevant: Sequence[str]) -> dict[str, float]:
     dcg = sum(1 / math.log2(i + 2) for i, doc in enumerate(ranking[:10]) if doc in rel)
     idcg = sum(1 / math.log2(i + 2) for i in range(min(len(rel), 10)))
     first = next((i + 1 for i, doc in enumerate(ranking) if doc in rel), None)
-    return {"recall@3": len(rel & set(ranking[:3])) / len(rel), "ndcg@10": dcg / idcg,
-            "hit@1": float(bool(ranking) and ranking[0] in rel), "mrr": 1 / first if first else 0.0}
+    return {
+        "recall@3": len(rel & set(ranking[:3])) / len(rel),
+        "ndcg@10": dcg / idcg,
+        "hit@1": float(bool(ranking) and ranking[0] in rel),
+        "mrr": 1 / first if first else 0.0,
+    }
 
 
 def mean_scores(per_question: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([s[key] for s in per_question])) for key in per_question[0]}
 
 
-def reference_rankings(articles: list[dict[str, Any]], questions: list[dict[str, Any]], chunk_size: int,
-                       overlap: int, top_k: int) -> list[list[str]]:
+def reference_rankings(
+    articles: list[dict[str, Any]], questions: list[dict[str, Any]], chunk_size: int, overlap: int, top_k: int
+) -> list[list[str]]:
     """The baseline: same chunks and embedder, embedded here, exact cosine with numpy."""
     model = sentence_transformer()
     owners, inputs = [], []
@@ -229,8 +243,9 @@ def reference_rankings(articles: list[dict[str, Any]], questions: list[dict[str,
             owners.append(article["id"])
             inputs.append(embedding_input(article.get("title"), chunk.text))
     chunks = model.encode(inputs, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    queries = model.encode([q["question"] for q in questions], batch_size=32, normalize_embeddings=True,
-                           convert_to_numpy=True)
+    queries = model.encode(
+        [q["question"] for q in questions], batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
     rankings = []
     for row in queries @ chunks.T:
         order = np.lexsort((np.arange(len(row)), -row))[:top_k]
@@ -244,46 +259,60 @@ def run_quality(args: argparse.Namespace) -> None:
     name = "it-support"
     with retriever(*temporary("bench-retrieval-quality-")) as service:
         info = service.create(name)
-        documents = [{"id": a["id"], "title": a["title"], "text": a["text"], "metadata": a.get("metadata") or {}}
-                     for a in articles]
+        documents = [
+            {"id": a["id"], "title": a["title"], "text": a["text"], "metadata": a.get("metadata") or {}}
+            for a in articles
+        ]
         started = time.perf_counter()
         upserted = service.upsert(name, documents)
         ingest_s = time.perf_counter() - started
         info = service.info(name)
-        log(f"ingested {upserted['upserted']} articles as {upserted['chunks']} chunks in {ingest_s:.1f} s; "
-            f"searching {len(questions)} questions")
-        rankings = [doc_ranking([hit["doc_id"] for hit in service.search(name, q["question"], args.top_k)])
-                    for q in questions]
+        log(
+            f"ingested {upserted['upserted']} articles as {upserted['chunks']} chunks in {ingest_s:.1f} s; "
+            f"searching {len(questions)} questions"
+        )
+        rankings = [
+            doc_ranking([hit["doc_id"] for hit in service.search(name, q["question"], args.top_k)]) for q in questions
+        ]
     per_question = [score(r, q["relevant"]) for r, q in zip(rankings, questions, strict=True)]
     figures = mean_scores(per_question)
     reference = None
     if args.reference:
         log("baseline: embedding the same chunks in this process")
-        ref_rankings = reference_rankings(articles, questions, info["chunk_size"], info["chunk_overlap"],
-                                          args.top_k)
+        ref_rankings = reference_rankings(articles, questions, info["chunk_size"], info["chunk_overlap"], args.top_k)
         reference = mean_scores([score(r, q["relevant"]) for r, q in zip(ref_rankings, questions, strict=True)])
 
     print(f"\nmachine: {describe()}; load average {loadavg()}")
-    print(f"collection: {info['documents']} articles, {info['chunks']} chunks, embedder {info['embedder']}, "
-          f"chunk_size {info['chunk_size']}, overlap {info['chunk_overlap']}, index {info['index']}; "
-          f"{len(questions)} questions, top_k {args.top_k} chunks per search\n")
+    print(
+        f"collection: {info['documents']} articles, {info['chunks']} chunks, embedder {info['embedder']}, "
+        f"chunk_size {info['chunk_size']}, overlap {info['chunk_overlap']}, index {info['index']}; "
+        f"{len(questions)} questions, top_k {args.top_k} chunks per search\n"
+    )
     keys = ["recall@3", "ndcg@10", "hit@1", "mrr"]
     print("| path | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     print("| retriever service over HTTP | " + " | ".join(f"{figures[k]:.3f}" for k in keys) + " |")
     if reference:
-        print("| baseline: same chunks, sentence-transformers + exact cosine in-process | "
-              + " | ".join(f"{reference[k]:.3f}" for k in keys) + " |")
-        print("\nservice/baseline: " + ", ".join(
-            f"{k} {figures[k] / reference[k]:.3f}x" if reference[k] else f"{k} n/a" for k in keys))
+        print(
+            "| baseline: same chunks, sentence-transformers + exact cosine in-process | "
+            + " | ".join(f"{reference[k]:.3f}" for k in keys)
+            + " |"
+        )
+        print(
+            "\nservice/baseline: "
+            + ", ".join(f"{k} {figures[k] / reference[k]:.3f}x" if reference[k] else f"{k} n/a" for k in keys)
+        )
     misses = [(q, r, s) for q, r, s in zip(questions, rankings, per_question, strict=True) if s["recall@3"] < 1]
     print(f"\nquestions with recall@3 < 1: {len(misses)} of {len(questions)}")
-    for q, r, s in misses[:args.show_misses]:
+    for q, r, s in misses[: args.show_misses]:
         print(f"  {q['id']} relevant {q['relevant']} top-3 {r[:3]} recall@3 {s['recall@3']:.2f}: {q['question']}")
     status = "met" if figures["recall@3"] >= 0.9 else "NOT met"
     print(f"\ntarget recall@3 >= 0.9: {figures['recall@3']:.3f} ({status})")
     if args.json:
-        args.json.write_text(json.dumps({"service": figures, "baseline": reference, "info": info,
-                                         "per_question": per_question}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"service": figures, "baseline": reference, "info": info, "per_question": per_question}, indent=2
+            )
+        )
 
 
 # -- scale --------------------------------------------------------------------------------------------------------
@@ -309,8 +338,9 @@ def sentences_by_article(articles: list[dict[str, Any]], min_chars: int = 25) ->
     return out
 
 
-def synthetic_texts(articles: list[dict[str, Any]], seed: int,
-                    exclude: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+def synthetic_texts(
+    articles: list[dict[str, Any]], seed: int, exclude: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, str]]:
     """Endless distinct (text, article id) pairs, none of them in ``exclude``."""
     pool = sentences_by_article(articles)
     rng = random.Random(seed)
@@ -368,13 +398,15 @@ def ingest_documents(service: Retriever, name: str, documents: list[dict[str, An
     started = time.perf_counter()
     done = 0
     for i in range(0, len(documents), batch):
-        result = service.upsert(name, documents[i:i + batch])
+        result = service.upsert(name, documents[i : i + batch])
         done += result["chunks"]
         elapsed = time.perf_counter() - started
         rate = done / elapsed
         if (i // batch) % 5 == 4 or i + batch >= len(documents):
-            log(f"ingested {done}/{len(documents)} chunks, {rate:.1f}/s, about "
-                f"{(len(documents) - done) / rate / 60:.1f} min left; load average {loadavg()}")
+            log(
+                f"ingested {done}/{len(documents)} chunks, {rate:.1f}/s, about "
+                f"{(len(documents) - done) / rate / 60:.1f} min left; load average {loadavg()}"
+            )
     return time.perf_counter() - started
 
 
@@ -396,8 +428,9 @@ def import_cached(service: Retriever, name: str, documents: list[dict[str, Any]]
     return time.perf_counter() - started
 
 
-def in_process_search(folder: Path, policy: IndexPolicy, vectors: np.ndarray, top_k: int
-                      ) -> tuple[str, list[float], list[list[str]], float]:
+def in_process_search(
+    folder: Path, policy: IndexPolicy, vectors: np.ndarray, top_k: int
+) -> tuple[str, list[float], list[list[str]], float]:
     """Open the collection with ``policy`` in this process and search every vector: (index kind, ms per search,
     chunk labels per search, seconds to open)."""
     started = time.perf_counter()
@@ -421,8 +454,9 @@ def recall(approximate: Sequence[Sequence[str]], exact: Sequence[Sequence[str]],
     return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approximate, exact, strict=True)]))
 
 
-def http_pass(service: Retriever, name: str, warmup: Sequence[str], queries: Sequence[str], top_k: int
-              ) -> tuple[list[float], list[list[str]], str]:
+def http_pass(
+    service: Retriever, name: str, warmup: Sequence[str], queries: Sequence[str], top_k: int
+) -> tuple[list[float], list[list[str]], str]:
     """Warm up, then search each query alone: (ms per search, chunk labels per search, load averages)."""
     for query in warmup:
         service.search(name, query, top_k)
@@ -446,17 +480,18 @@ def run_scale(args: argparse.Namespace) -> None:
     settings = Settings()
     name = "scale"
     top_k = 10
-    log(f"making {args.chunks} synthetic chunks and {max(args.queries - len(questions), 0) + WARMUP} held-out "
-        "texts")
+    log(f"making {args.chunks} synthetic chunks and {max(args.queries - len(questions), 0) + WARMUP} held-out texts")
     stream = synthetic_texts(articles, args.seed, exclude=frozenset(questions))
     pairs = [next(stream) for _ in range(args.chunks)]
     texts = [text for text, _ in pairs]
     heldout = [next(stream)[0] for _ in range(max(args.queries - len(questions), 0) + WARMUP)]
     warmup, synthetic = heldout[:WARMUP], heldout[WARMUP:]
-    queries = (questions + synthetic)[:args.queries]
+    queries = (questions + synthetic)[: args.queries]
     kinds = ["question" if i < len(questions) else "synthetic" for i in range(len(queries))]
-    documents = [{"id": f"syn-{i:06d}", "text": text, "metadata": {"article": article}}
-                 for i, (text, article) in enumerate(pairs)]
+    documents = [
+        {"id": f"syn-{i:06d}", "text": text, "metadata": {"article": article}}
+        for i, (text, article) in enumerate(pairs)
+    ]
     doc_ids = [d["id"] for d in documents]
     log(f"chunk texts: mean {np.mean([len(t) for t in texts]):.0f} characters")
     cached = cache_path(texts)
@@ -469,13 +504,17 @@ def run_scale(args: argparse.Namespace) -> None:
         if cached.exists() and not args.reembed:
             log(f"importing the cached vectors from {cached.relative_to(ROOT)}")
             load_s = import_cached(service, name, documents, np.load(cached))
-            how = (f"seed import of the cached vectors (no embedding; includes building HNSW): {load_s:.1f} s, "
-                   f"{args.chunks / load_s:.0f} chunks/s")
+            how = (
+                f"seed import of the cached vectors (no embedding; includes building HNSW): {load_s:.1f} s, "
+                f"{args.chunks / load_s:.0f} chunks/s"
+            )
         else:
             log(f"ingesting {args.chunks} chunks through the service (embedding them: this is the long step)")
             load_s = ingest_documents(service, name, documents, args.batch)
-            how = (f"ingest through POST .../documents, {args.batch} docs per request: {load_s:.0f} s, "
-                   f"{args.chunks / load_s:.1f} chunks/s (embedding + SQLite + FAISS incl. the switch to HNSW)")
+            how = (
+                f"ingest through POST .../documents, {args.batch} docs per request: {load_s:.0f} s, "
+                f"{args.chunks / load_s:.1f} chunks/s (embedding + SQLite + FAISS incl. the switch to HNSW)"
+            )
             CACHE.mkdir(parents=True, exist_ok=True)
             np.save(cached, stored_vectors(data_dir, name, doc_ids))
             log(f"cached the vectors in {cached.relative_to(ROOT)}")
@@ -521,8 +560,11 @@ def run_scale(args: argparse.Namespace) -> None:
             query_vectors = np.stack(vectors)  # what the service searches with
     sweep: dict[int, tuple[list[float], list[list[str]]]] = {}
     for ef in args.ef:
-        policy = IndexPolicy(settings.exact_max_chunks, HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction, ef),
-                             settings.tombstone_rebuild_fraction)
+        policy = IndexPolicy(
+            settings.exact_max_chunks,
+            HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction, ef),
+            settings.tombstone_rebuild_fraction,
+        )
         kind, times, found, opened = in_process_search(folder, policy, query_vectors, top_k)
         if kind != "hnsw":
             raise RuntimeError(f"expected the service's HNSW index, found {kind}")
@@ -536,24 +578,32 @@ def run_scale(args: argparse.Namespace) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
     def rows_for(values: list[float], label: str, repeat: int = 1) -> None:
-        groups = [("all", range(len(queries))), *[(k, [i for i, x in enumerate(kinds) if x == k])
-                                                  for k in ("question", "synthetic")]]
+        groups = [
+            ("all", range(len(queries))),
+            *[(k, [i for i, x in enumerate(kinds) if x == k]) for k in ("question", "synthetic")],
+        ]
         for group, idx in groups:
             picked = [values[r * len(queries) + i] for r in range(repeat) for i in idx]
             if picked:
-                print(f"| {label} | {group} | {len(picked)} | {pct(picked, 50):.2f} | {pct(picked, 95):.2f} | "
-                      f"{pct(picked, 99):.2f} | {np.mean(picked):.2f} |")
+                print(
+                    f"| {label} | {group} | {len(picked)} | {pct(picked, 50):.2f} | {pct(picked, 95):.2f} | "
+                    f"{pct(picked, 99):.2f} | {np.mean(picked):.2f} |"
+                )
 
     default_ef = settings.hnsw_ef_search
     q_idx = [i for i, k in enumerate(kinds) if k == "question"]
     print(f"\nmachine: {describe()}")
-    print(f"collection: {info['chunks']} synthetic chunks (mean {np.mean([len(t) for t in texts]):.0f} characters), "
-          f"index {info['index']} (M {settings.hnsw_m}, efConstruction {settings.hnsw_ef_construction}, efSearch "
-          f"{default_ef}), embedder {info['embedder']}")
+    print(
+        f"collection: {info['chunks']} synthetic chunks (mean {np.mean([len(t) for t in texts]):.0f} characters), "
+        f"index {info['index']} (M {settings.hnsw_m}, efConstruction {settings.hnsw_ef_construction}, efSearch "
+        f"{default_ef}), embedder {info['embedder']}"
+    )
     print(f"loaded by {how}")
-    print(f"queries: {kinds.count('question')} evaluation questions + {kinds.count('synthetic')} held-out synthetic "
-          f"texts, one at a time, top_k {top_k}, {WARMUP} warm-up searches first; {args.rounds} round(s) per "
-          "configuration, each on a freshly started service, configurations alternating")
+    print(
+        f"queries: {kinds.count('question')} evaluation questions + {kinds.count('synthetic')} held-out synthetic "
+        f"texts, one at a time, top_k {top_k}, {WARMUP} warm-up searches first; {args.rounds} round(s) per "
+        "configuration, each on a freshly started service, configurations alternating"
+    )
     for label, (_, _, loads) in http.items():
         print(f"  load average during the HTTP passes, {label}: {'; '.join(loads)}")
     print("\n| measured | queries | n | p50 ms | p95 ms | p99 ms | mean ms |\n|---|---|---|---|---|---|---|")
@@ -565,44 +615,67 @@ def run_scale(args: argparse.Namespace) -> None:
         rows_for(sweep[default_ef][0], f"in-process: HNSW search, efSearch {default_ef}")
     rows_for(flat_ms, "in-process: exact flat search (baseline)")
 
-    print("\n| index | efSearch | recall@10 vs exact | recall@10, questions | search p50 ms | search p95 ms | "
-          "p95 vs exact flat |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| index | efSearch | recall@10 vs exact | recall@10, questions | search p50 ms | search p95 ms | "
+        "p95 vs exact flat |\n|---|---|---|---|---|---|---|"
+    )
     flat_p95 = pct(flat_ms, 95)
     for ef, (times, found) in sorted(sweep.items()):
         mark = " (default)" if ef == default_ef else ""
-        print(f"| HNSW, in-process | {ef}{mark} | {recall(found, exact, top_k):.4f} | "
-              f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | {pct(times, 50):.2f} | "
-              f"{pct(times, 95):.2f} | {pct(times, 95) / flat_p95:.2f}x |")
+        print(
+            f"| HNSW, in-process | {ef}{mark} | {recall(found, exact, top_k):.4f} | "
+            f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | {pct(times, 50):.2f} | "
+            f"{pct(times, 95):.2f} | {pct(times, 95) / flat_p95:.2f}x |"
+        )
     for label, (_, found, _) in http.items():
-        print(f"| HNSW, the service over HTTP, {label} | {default_ef} | {recall(found, exact, top_k):.4f} | "
-              f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | | | |")
+        print(
+            f"| HNSW, the service over HTTP, {label} | {default_ef} | {recall(found, exact, top_k):.4f} | "
+            f"{recall([found[i] for i in q_idx], [exact[i] for i in q_idx], top_k):.4f} | | | |"
+        )
     print(f"| exact flat (baseline) | - | 1 | 1 | {pct(flat_ms, 50):.2f} | {flat_p95:.2f} | 1.00x |")
 
     default_ms, default_found, _ = http["default settings"]
     p95 = pct(default_ms, 95)
     http_recall = recall(default_found, exact, top_k)
-    print(f"\ntarget p95 <= 20 ms end to end at {info['chunks']} chunks, default settings: {p95:.2f} ms "
-          f"({'met' if p95 <= 20 else 'NOT met'})")
+    print(
+        f"\ntarget p95 <= 20 ms end to end at {info['chunks']} chunks, default settings: {p95:.2f} ms "
+        f"({'met' if p95 <= 20 else 'NOT met'})"
+    )
     for label, (times, _, _) in http.items():
         if label != "default settings":
-            print(f"  {label}: p95 {pct(times, 95):.2f} ms ({'met' if pct(times, 95) <= 20 else 'NOT met'}), "
-                  f"p50 {pct(times, 50):.2f} ms vs {pct(default_ms, 50):.2f} ms")
-    print(f"target recall@10 of the default HNSW vs exact >= 0.98: {http_recall:.4f} over HTTP "
-          f"({'met' if http_recall >= 0.98 else 'NOT met'})")
+            print(
+                f"  {label}: p95 {pct(times, 95):.2f} ms ({'met' if pct(times, 95) <= 20 else 'NOT met'}), "
+                f"p50 {pct(times, 50):.2f} ms vs {pct(default_ms, 50):.2f} ms"
+            )
+    print(
+        f"target recall@10 of the default HNSW vs exact >= 0.98: {http_recall:.4f} over HTTP "
+        f"({'met' if http_recall >= 0.98 else 'NOT met'})"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "info": info, "loaded_by": how, "kinds": kinds, "embed_ms": embed_ms, "flat_ms": flat_ms,
-            "http_ms": {label: times for label, (times, _, _) in http.items()},
-            "http_recall": {label: recall(found, exact, top_k) for label, (_, found, _) in http.items()},
-            "sweep_ms": {ef: times for ef, (times, _) in sweep.items()},
-            "sweep_recall": {ef: recall(found, exact, top_k) for ef, (_, found) in sweep.items()}}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "info": info,
+                    "loaded_by": how,
+                    "kinds": kinds,
+                    "embed_ms": embed_ms,
+                    "flat_ms": flat_ms,
+                    "http_ms": {label: times for label, (times, _, _) in http.items()},
+                    "http_recall": {label: recall(found, exact, top_k) for label, (_, found, _) in http.items()},
+                    "sweep_ms": {ef: times for ef, (times, _) in sweep.items()},
+                    "sweep_recall": {ef: recall(found, exact, top_k) for ef, (_, found) in sweep.items()},
+                },
+                indent=2,
+            )
+        )
 
 
 # -- ingest -------------------------------------------------------------------------------------------------------
 
 
-def shuffled_copies(articles: list[dict[str, Any]], chunks: int, size: int, overlap: int,
-                    seed: int) -> tuple[list[dict[str, Any]], list[list[str]]]:
+def shuffled_copies(
+    articles: list[dict[str, Any]], chunks: int, size: int, overlap: int, seed: int
+) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """Article copies with their paragraphs in a seeded random order, until ``chunks`` chunks; and for each, the
     texts the service will embed for it, in its order."""
     rng = random.Random(seed)
@@ -616,10 +689,15 @@ def shuffled_copies(articles: list[dict[str, Any]], chunks: int, size: int, over
             paragraphs = article["text"].split("\n\n")
             rng.shuffle(paragraphs)
             text = "\n\n".join(paragraphs)
-            documents.append({"id": f"{article['id']}-v{copy}", "title": article["title"], "text": text,
-                              "metadata": article.get("metadata") or {}})
-            per_document.append([embedding_input(article["title"], c.text)
-                                 for c in split_text(text, size, overlap)])
+            documents.append(
+                {
+                    "id": f"{article['id']}-v{copy}",
+                    "title": article["title"],
+                    "text": text,
+                    "metadata": article.get("metadata") or {},
+                }
+            )
+            per_document.append([embedding_input(article["title"], c.text) for c in split_text(text, size, overlap)])
             inputs += len(per_document[-1])
             if inputs >= chunks:
                 break
@@ -629,14 +707,19 @@ def shuffled_copies(articles: list[dict[str, Any]], chunks: int, size: int, over
 def run_ingest(args: argparse.Namespace) -> None:
     articles = load_jsonl(DATA / "articles.jsonl")
     settings = Settings()
-    documents, per_document = shuffled_copies(articles, args.chunks, settings.chunk_size, settings.chunk_overlap,
-                                              args.seed)
+    documents, per_document = shuffled_copies(
+        articles, args.chunks, settings.chunk_size, settings.chunk_overlap, args.seed
+    )
     inputs = [text for texts in per_document for text in texts]
-    requests = [[text for texts in per_document[i:i + args.batch] for text in texts]
-                for i in range(0, len(per_document), args.batch)]
+    requests = [
+        [text for texts in per_document[i : i + args.batch] for text in texts]
+        for i in range(0, len(per_document), args.batch)
+    ]
     batch = settings.encode_batch_size
-    log(f"{len(documents)} documents, {len(inputs)} chunks (mean {np.mean([len(t) for t in inputs]):.0f} "
-        "characters embedded per chunk)")
+    log(
+        f"{len(documents)} documents, {len(inputs)} chunks (mean {np.mean([len(t) for t in inputs]):.0f} "
+        "characters embedded per chunk)"
+    )
     model = sentence_transformer()
     model.encode(inputs[:batch], batch_size=batch, normalize_embeddings=True)  # warm-up
 
@@ -648,7 +731,7 @@ def run_ingest(args: argparse.Namespace) -> None:
     def raw_slices() -> float:
         started = time.perf_counter()
         for i in range(0, len(inputs), batch):
-            model.encode(inputs[i:i + batch], batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)
+            model.encode(inputs[i : i + batch], batch_size=batch, normalize_embeddings=True, convert_to_numpy=True)
         return time.perf_counter() - started
 
     def raw_requests() -> float:
@@ -686,17 +769,23 @@ def run_ingest(args: argparse.Namespace) -> None:
         return len(inputs) / sum(s for s, _ in results[step]) * len(results[step])
 
     print(f"\nmachine: {describe()}")
-    print(f"{len(inputs)} chunks from {len(documents)} documents ({settings.chunk_size}/{settings.chunk_overlap} "
-          f"chunking, {args.batch} documents per request, encode batch size {batch}), {args.rounds} round(s), "
-          "order alternating\n")
-    labels = {"service": "retriever service: POST .../documents over HTTP",
-              "raw_all": "baseline: SentenceTransformer.encode(all texts, batch_size=32)",
-              "raw_slices": "encode() per 32-text slice in document order (no sorting across slices)",
-              "raw_requests": f"encode() once per request of {args.batch} documents (sorted by length within it)"}
+    print(
+        f"{len(inputs)} chunks from {len(documents)} documents ({settings.chunk_size}/{settings.chunk_overlap} "
+        f"chunking, {args.batch} documents per request, encode batch size {batch}), {args.rounds} round(s), "
+        "order alternating\n"
+    )
+    labels = {
+        "service": "retriever service: POST .../documents over HTTP",
+        "raw_all": "baseline: SentenceTransformer.encode(all texts, batch_size=32)",
+        "raw_slices": "encode() per 32-text slice in document order (no sorting across slices)",
+        "raw_requests": f"encode() once per request of {args.batch} documents (sorted by length within it)",
+    }
     print("| path | chunks/s | vs baseline | seconds per round | load average per round |\n|---|---|---|---|---|")
     for step in ("raw_all", "raw_slices", "raw_requests", "service"):
-        print(f"| {labels[step]} | {rate(step):.1f} | {rate(step) / rate('raw_all'):.2f}x | "
-              f"{', '.join(f'{s:.1f}' for s, _ in results[step])} | {'; '.join(x for _, x in results[step])} |")
+        print(
+            f"| {labels[step]} | {rate(step):.1f} | {rate(step) / rate('raw_all'):.2f}x | "
+            f"{', '.join(f'{s:.1f}' for s, _ in results[step])} | {'; '.join(x for _, x in results[step])} |"
+        )
     ratio = rate("service") / rate("raw_all")
     print(f"\nservice vs encode per 32-text slice in document order: {rate('service') / rate('raw_slices'):.3f}x")
     print(f"target ingest >= 0.9x raw encode: {ratio:.3f}x ({'met' if ratio >= 0.9 else 'NOT met'})")
@@ -712,20 +801,30 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     quality = commands.add_parser("quality", help="recall@3, nDCG@10, hit@1, MRR on the IT-support evaluation set")
     quality.add_argument("--top-k", type=int, default=20, help="chunks per search (1-20, default 20)")
-    quality.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
-                         help="also rank with sentence-transformers + exact cosine in-process (default on)")
+    quality.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also rank with sentence-transformers + exact cosine in-process (default on)",
+    )
     quality.add_argument("--show-misses", type=int, default=20, help="questions with recall@3 < 1 to list")
     scale = commands.add_parser("scale", help="search latency and HNSW recall at 100k chunks")
     scale.add_argument("--chunks", type=int, default=100_000)
     scale.add_argument("--queries", type=int, default=600, help="searches: the 151 questions, then synthetic texts")
-    scale.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512],
-                       help="efSearch values of the in-process sweep (comma-separated)")
+    scale.add_argument(
+        "--ef",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[64, 128, 256, 512],
+        help="efSearch values of the in-process sweep (comma-separated)",
+    )
     scale.add_argument("--batch", type=int, default=1000, help="documents per upsert request when embedding")
     scale.add_argument("--reembed", action="store_true", help="ingest and embed even when vectors are cached")
     scale.add_argument("--rounds", type=int, default=2, help="HTTP passes per configuration (default 2)")
-    scale.add_argument("--compare-env", default="RETRIEVER_ONNX=false",
-                       help="also measure the HTTP latency with these variables set (comma-separated K=V; "
-                       "'' to skip)")
+    scale.add_argument(
+        "--compare-env",
+        default="RETRIEVER_ONNX=false",
+        help="also measure the HTTP latency with these variables set (comma-separated K=V; '' to skip)",
+    )
     scale.add_argument("--seed", type=int, default=2026)
     ingest = commands.add_parser("ingest", help="ingest chunks/s through the service vs raw encode()")
     ingest.add_argument("--chunks", type=int, default=2000)

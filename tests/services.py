@@ -41,14 +41,23 @@ class Service:
                 self.process.wait()
 
 
-def start_service(name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path,
-                  *, ready_path: str = "/ready", timeout_s: float = 120) -> Service:
+def start_service(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    log_dir: Path,
+    *,
+    ready_path: str = "/ready",
+    timeout_s: float = 120,
+) -> Service:
     """Run ``python <args>`` with ``env`` added; wait until ``ready_path`` answers 200."""
     log_path = log_dir / f"{name}-{port}.log"
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
     service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

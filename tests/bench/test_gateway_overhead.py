@@ -17,14 +17,18 @@ BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], 
 
 def test_the_bare_proxy_relays_the_upstream_answers_byte_for_byte(tmp_path: Path) -> None:
     up, port = free_port(), free_port()
-    fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up), "--chunks", "5"], {}, up,
-                         tmp_path)
-    bare = start_service("bare-proxy", ["bench/bare_proxy.py", "--port", str(port), "--upstream", fake.url], {},
-                         port, tmp_path)
+    fake = start_service(
+        "fake-upstream", ["bench/fake_upstream.py", "--port", str(up), "--chunks", "5"], {}, up, tmp_path
+    )
+    bare = start_service(
+        "bare-proxy", ["bench/bare_proxy.py", "--port", str(port), "--upstream", fake.url], {}, port, tmp_path
+    )
     try:
         for stream in (False, True):
-            direct, relayed = (httpx.post(f"{base}/v1/chat/completions", json={**BODY, "stream": stream})
-                               for base in (fake.url, bare.url))
+            direct, relayed = (
+                httpx.post(f"{base}/v1/chat/completions", json={**BODY, "stream": stream})
+                for base in (fake.url, bare.url)
+            )
             assert relayed.status_code == direct.status_code == 200
             assert relayed.headers["content-type"] == direct.headers["content-type"]
             assert relayed.content == direct.content
@@ -36,9 +40,24 @@ def test_the_bare_proxy_relays_the_upstream_answers_byte_for_byte(tmp_path: Path
 
 def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
-    run = subprocess.run([sys.executable, "bench/gateway_overhead.py", "--rounds", "1", "--requests", "20",
-                          "--requests-concurrent", "64", "--json", str(out)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/gateway_overhead.py",
+            "--rounds",
+            "1",
+            "--requests",
+            "20",
+            "--requests-concurrent",
+            "64",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [(r["concurrency"], r["stream"]) for r in rows] == [(1, False), (1, True), (32, False), (32, True)]

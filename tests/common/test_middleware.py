@@ -60,8 +60,12 @@ async def test_probes_and_model_discovery_are_logged_at_debug(caplog: pytest.Log
     await _get("/health")
     await _get("/fail", {"User-Agent": DISCOVERY_USER_AGENT})  # an error is never quiet
     levels = [(r.route, r.levelno) for r in caplog.records if r.name == "access"]  # type: ignore[attr-defined]
-    assert levels == [("/echo", logging.DEBUG), ("/echo", logging.INFO), ("/health", logging.DEBUG),
-                      ("/fail", logging.INFO)]
+    assert levels == [
+        ("/echo", logging.DEBUG),
+        ("/echo", logging.INFO),
+        ("/health", logging.DEBUG),
+        ("/fail", logging.INFO),
+    ]
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 200, "has space", "semi;colon"])
@@ -75,8 +79,9 @@ async def test_errors_use_the_openai_envelope_and_keep_headers() -> None:
     response = await _get("/fail")
     assert response.status_code == 429
     assert response.headers["retry-after"] == "3"
-    assert response.json() == {"error": {"message": "slow down", "type": "rate_limit_error",
-                                         "param": None, "code": None}}
+    assert response.json() == {
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": None}
+    }
 
 
 async def test_unexpected_errors_hide_internals() -> None:

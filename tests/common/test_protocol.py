@@ -18,26 +18,34 @@ def test_minimal_request_and_defaults() -> None:
 
 def test_unknown_fields_are_kept_not_rejected() -> None:
     request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": USER, "logit_bias": {}, "parallel_tool_calls": False})
+        {"model": "m", "messages": USER, "logit_bias": {}, "parallel_tool_calls": False}
+    )
     assert request.model_extra == {"logit_bias": {}, "parallel_tool_calls": False}
 
 
 def test_stop_as_string_or_list() -> None:
+    assert ChatCompletionRequest.model_validate({"model": "m", "messages": USER, "stop": "User:"}).stop_sequences == [
+        "User:"
+    ]
     assert ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": USER, "stop": "User:"}).stop_sequences == ["User:"]
-    assert ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": USER, "stop": ["a", "b"]}).stop_sequences == ["a", "b"]
+        {"model": "m", "messages": USER, "stop": ["a", "b"]}
+    ).stop_sequences == ["a", "b"]
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
     request = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": USER, "max_tokens": 5, "max_completion_tokens": 9})
+        {"model": "m", "messages": USER, "max_tokens": 5, "max_completion_tokens": 9}
+    )
     assert request.token_limit == 9
 
 
 def test_content_parts_are_joined() -> None:
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        }
+    )
     assert request.messages[0].text == "ab"
 
 

@@ -10,7 +10,8 @@ from history.config import Settings as HistorySettings
 
 @pytest.mark.parametrize("variable", ["HISTORY_MONGODB_URI", "MONGODB_URI"])
 def test_a_bad_secret_names_its_variable_and_never_shows_its_value(
-        variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(variable, "http://admin:s3cret@db.example:27017/")
     with pytest.raises(SystemExit) as stopped:
         settings_or_exit(HistorySettings)

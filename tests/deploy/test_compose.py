@@ -42,8 +42,14 @@ def test_compose_file_follows_the_specification() -> None:
     # YAML merge keys (<<) are resolved by the YAML loader, as docker compose does, before validation.
     parsed = PyCompose.from_json(json.dumps(yaml.safe_load(_interpolated(COMPOSE.read_text()))))
     parsed.validate()
-    assert set(parsed.service_names()) == {"gateway", "inference-gguf", "inference-hf", "history", "retriever",
-                                           "mongodb"}
+    assert set(parsed.service_names()) == {
+        "gateway",
+        "inference-gguf",
+        "inference-hf",
+        "history",
+        "retriever",
+        "mongodb",
+    }
 
 
 def test_every_service_builds_from_its_own_dockerfile(compose: dict) -> None:
@@ -58,10 +64,12 @@ def test_every_service_builds_from_its_own_dockerfile(compose: dict) -> None:
 
 def test_gateway_waits_for_healthy_services(compose: dict) -> None:
     gateway = compose["services"]["gateway"]
-    assert gateway["depends_on"] == {"inference-gguf": {"condition": "service_healthy"},
-                                     "inference-hf": {"condition": "service_healthy"},
-                                     "history": {"condition": "service_healthy"},
-                                     "retriever": {"condition": "service_healthy"}}
+    assert gateway["depends_on"] == {
+        "inference-gguf": {"condition": "service_healthy"},
+        "inference-hf": {"condition": "service_healthy"},
+        "history": {"condition": "service_healthy"},
+        "retriever": {"condition": "service_healthy"},
+    }
     assert gateway["environment"]["GATEWAY_HISTORY_URL"] == "http://history:8004"
     assert gateway["environment"]["GATEWAY_RETRIEVER_URL"] == "http://retriever:8003"
     assert "inference-gguf:8001" in gateway["environment"]["GATEWAY_SERVICES"]
@@ -101,8 +109,7 @@ def test_the_gguf_image_compiles_llama_cpp_with_cuda() -> None:
     assert "INFERENCE_GGUF_N_GPU_LAYERS=-1" in dockerfile
 
 
-@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings, HFSettings, HistorySettings,
-                                      RetrieverSettings])
+@pytest.mark.parametrize("settings", [GatewaySettings, GGUFSettings, HFSettings, HistorySettings, RetrieverSettings])
 def test_every_setting_is_documented(settings: type) -> None:
     example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
@@ -112,8 +119,14 @@ def test_every_setting_is_documented(settings: type) -> None:
 
 
 def test_env_example_names_only_real_settings() -> None:
-    known = (_env_names(GatewaySettings) | _env_names(GGUFSettings) | _env_names(HistorySettings)
-             | _env_names(RetrieverSettings) | _env_names(HFSettings) | {"GATEWAY_PUBLISH_PORT"})
+    known = (
+        _env_names(GatewaySettings)
+        | _env_names(GGUFSettings)
+        | _env_names(HistorySettings)
+        | _env_names(RetrieverSettings)
+        | _env_names(HFSettings)
+        | {"GATEWAY_PUBLISH_PORT"}
+    )
     named = set(re.findall(r"^# ([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert named <= known, named - known
 

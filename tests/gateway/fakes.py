@@ -44,15 +44,22 @@ Handler = Callable[[Seen], Reply | Awaitable[Reply]]
 
 
 def models(*ids: str, owner: str = "inference-gguf") -> Reply:
-    return Reply(payload={"object": "list", "data": [
-        {"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]})
+    return Reply(
+        payload={"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]}
+    )
 
 
 def completion(content: str = "hello") -> Reply:
-    return Reply(payload={"id": "c", "object": "chat.completion", "created": 0, "model": "m1",
-                          "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                       "finish_reason": "stop"}],
-                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    return Reply(
+        payload={
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
 
 
 def sse(events: list[bytes], end: str = "done") -> Reply:
@@ -100,8 +107,11 @@ class Replica:
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.events is None:
-            return web.Response(body=orjson.dumps(reply.payload), status=reply.status,
-                                headers={"Content-Type": "application/json", **reply.headers})
+            return web.Response(
+                body=orjson.dumps(reply.payload),
+                status=reply.status,
+                headers={"Content-Type": "application/json", **reply.headers},
+            )
         response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for event in reply.events:

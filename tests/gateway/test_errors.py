@@ -7,8 +7,11 @@ from tests.gateway.fakes import Handler, Replica, Reply, chat, completion, dead_
 
 
 def _replica(chat_handler: Handler | None = None) -> Replica:
-    return (Replica().on("/v1/models", lambda r: models("m1", "m2"))
-            .on("/v1/chat/completions", chat_handler or (lambda r: completion())))
+    return (
+        Replica()
+        .on("/v1/models", lambda r: models("m1", "m2"))
+        .on("/v1/chat/completions", chat_handler or (lambda r: completion()))
+    )
 
 
 @pytest.mark.parametrize(
@@ -22,7 +25,8 @@ def _replica(chat_handler: Handler | None = None) -> Replica:
     ],
 )
 async def test_bad_input_is_answered_by_the_gateway_and_reaches_no_model(
-        body: bytes, status: int, fragment: str) -> None:
+    body: bytes, status: int, fragment: str
+) -> None:
     replica = _replica()
     async with running(replica), gateway({"inference-gguf": [replica.url]}) as client:
         response = await client.post("/v1/chat/completions", content=body)

@@ -10,15 +10,19 @@ def _hf(*ids: str) -> Replica:
     replica = Replica().on("/v1/models", lambda r: models(*ids, owner="inference-hf"))
     for model in ids:
         for action in ("load", "unload"):
-            replica.on(f"/v1/models/{model}/{action}", lambda r, a=action: Reply(payload={
-                "id": r.path.split("/")[3], "state": {"loaded": a == "load"}}))
+            replica.on(
+                f"/v1/models/{model}/{action}",
+                lambda r, a=action: Reply(payload={"id": r.path.split("/")[3], "state": {"loaded": a == "load"}}),
+            )
     return replica
 
 
 async def test_load_and_unload_reach_every_replica_of_the_owning_service() -> None:
     one, two, other = _hf("org/chat-small"), _hf("org/chat-small"), _hf("elsewhere")
-    async with running(one, two, other), gateway({"inference-hf": [one.url, two.url],
-                                                  "inference-other": [other.url]}) as client:
+    async with (
+        running(one, two, other),
+        gateway({"inference-hf": [one.url, two.url], "inference-other": [other.url]}) as client,
+    ):
         loaded = await client.post("/v1/models/org/chat-small/load")
         unloaded = await client.delete("/models/org/chat-small/unload")  # the AlterEgo route
         seed_load = await client.post("/models/org/chat-small/load")
@@ -28,8 +32,11 @@ async def test_load_and_unload_reach_every_replica_of_the_owning_service() -> No
     assert unloaded.json()["replicas"][1]["state"] == {"loaded": False}
     for replica in (one, two):
         calls = [(s.method, s.path) for s in replica.seen if "/load" in s.path or "/unload" in s.path]
-        assert calls == [("POST", "/v1/models/org/chat-small/load"), ("POST", "/v1/models/org/chat-small/unload"),
-                         ("POST", "/v1/models/org/chat-small/load")]
+        assert calls == [
+            ("POST", "/v1/models/org/chat-small/load"),
+            ("POST", "/v1/models/org/chat-small/unload"),
+            ("POST", "/v1/models/org/chat-small/load"),
+        ]
     assert not [s for s in other.seen if "load" in s.path]
 
 
@@ -53,10 +60,24 @@ async def test_unknown_model_is_404_and_a_service_without_the_operation_is_400()
 
 
 async def test_a_replica_refusing_or_failing_is_passed_on() -> None:
-    busy = Replica().on("/v1/models", lambda r: models("m", owner="inference-hf")).on(
-        "/v1/models/m/unload", lambda r: Reply(status=409, payload={"error": {
-            "message": "m has 2 requests running", "type": "invalid_request_error", "param": None,
-            "code": "model_busy"}}))
+    busy = (
+        Replica()
+        .on("/v1/models", lambda r: models("m", owner="inference-hf"))
+        .on(
+            "/v1/models/m/unload",
+            lambda r: Reply(
+                status=409,
+                payload={
+                    "error": {
+                        "message": "m has 2 requests running",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "model_busy",
+                    }
+                },
+            ),
+        )
+    )
     async with running(busy), gateway({"inference-hf": [busy.url]}) as client:
         refused = await client.post("/v1/models/m/unload")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_busy"

@@ -22,22 +22,37 @@ ARTICLES = ["kb-0001", "kb-0002", "kb-0003", "kb-0007", "kb-0008", "kb-0020", "k
 def retriever(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data = tmp_path_factory.mktemp("retriever")
     port = free_port()
-    service = start_service("retriever", ["-m", "retriever"], {
-        "RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(data)}, port, data)
+    service = start_service(
+        "retriever", ["-m", "retriever"], {"RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(data)}, port, data
+    )
     articles = [orjson.loads(line) for line in (ROOT / "data/it-support/articles.jsonl").read_bytes().splitlines()]
     documents = [a for a in articles if a["id"] in ARTICLES]
     httpx.put(f"{service.url}/v1/collections/kb", json={}).raise_for_status()
-    httpx.post(f"{service.url}/v1/collections/kb/documents", json={"documents": documents},
-               timeout=120).raise_for_status()
+    httpx.post(
+        f"{service.url}/v1/collections/kb/documents", json={"documents": documents}, timeout=120
+    ).raise_for_status()
     yield service
     service.stop()
 
 
 def _model(context_length: int = 8192, answer: str = "Use the portal [1].") -> Replica:
-    card = {"object": "list", "data": [{"id": "m1", "object": "model", "created": 0, "owned_by": "inference-gguf",
-                                        "context_length": context_length}]}
-    return Replica().on("/v1/models", lambda r: Reply(payload=card)).on("/v1/chat/completions",
-                                                                        lambda r: completion(answer))
+    card = {
+        "object": "list",
+        "data": [
+            {
+                "id": "m1",
+                "object": "model",
+                "created": 0,
+                "owned_by": "inference-gguf",
+                "context_length": context_length,
+            }
+        ],
+    }
+    return (
+        Replica()
+        .on("/v1/models", lambda r: Reply(payload=card))
+        .on("/v1/chat/completions", lambda r: completion(answer))
+    )
 
 
 def _sent(replica: Replica, i: int = 0) -> dict[str, Any]:
@@ -54,8 +69,9 @@ PASSWORD = "I forgot my password, how do I reset it on my own?"
 async def test_retrieval_puts_numbered_passages_in_the_prompt_and_returns_sources(retriever: Service) -> None:
     replica = _model()
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
-        response = await client.post("/v1/chat/completions", content=_ask(
-            PASSWORD, retrieval={"collection": "kb", "top_k": 3}))
+        response = await client.post(
+            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 3})
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["choices"][0]["message"]["content"] == "Use the portal [1]."
@@ -73,14 +89,19 @@ async def test_retrieval_puts_numbered_passages_in_the_prompt_and_returns_source
 
 
 async def test_a_streamed_answer_ends_with_a_sources_event_before_done(retriever: Service) -> None:
-    events = [b'data: {"id":"c1","object":"chat.completion.chunk","created":7,"model":"m1","choices":[{"index":0,'
-              b'"delta":{"content":"Connect"},"finish_reason":null}]}\n\n',
-              b'data: {"id":"c1","object":"chat.completion.chunk","created":7,"model":"m1","choices":[{"index":0,'
-              b'"delta":{},"finish_reason":"stop"}]}\n\n', b"data: [DONE]\n\n"]
+    events = [
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":7,"model":"m1","choices":[{"index":0,'
+        b'"delta":{"content":"Connect"},"finish_reason":null}]}\n\n',
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":7,"model":"m1","choices":[{"index":0,'
+        b'"delta":{},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
     replica = _model().on("/v1/chat/completions", lambda r: sse(events))
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
-        response = await client.post("/v1/chat/completions", content=_ask(
-            "The VPN client shows an error and won't connect", stream=True, retrieval="kb"))
+        response = await client.post(
+            "/v1/chat/completions",
+            content=_ask("The VPN client shows an error and won't connect", stream=True, retrieval="kb"),
+        )
     assert response.status_code == 200
     payloads = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
     assert payloads[-1] == "[DONE]"
@@ -94,8 +115,9 @@ async def test_a_streamed_answer_ends_with_a_sources_event_before_done(retriever
 async def test_passages_are_limited_to_the_models_context(retriever: Service) -> None:
     replica = _model(context_length=700)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
-        response = await client.post("/v1/chat/completions", content=_ask(
-            PASSWORD, max_tokens=100, retrieval={"collection": "kb", "top_k": 8}))
+        response = await client.post(
+            "/v1/chat/completions", content=_ask(PASSWORD, max_tokens=100, retrieval={"collection": "kb", "top_k": 8})
+        )
     assert response.status_code == 200
     sources = response.json()["sources"]
     assert 1 <= len(sources) < 8
@@ -107,10 +129,13 @@ async def test_passages_are_limited_to_the_models_context(retriever: Service) ->
 async def test_a_filter_and_a_threshold_reach_the_retriever(retriever: Service) -> None:
     replica = _model()
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
-        response = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval={
-            "collection": "kb", "top_k": 2, "filter": {"category": "printers"}}))
-        strict = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval={
-            "collection": "kb", "score_threshold": 0.99}))
+        response = await client.post(
+            "/v1/chat/completions",
+            content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 2, "filter": {"category": "printers"}}),
+        )
+        strict = await client.post(
+            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "score_threshold": 0.99})
+        )
     assert response.status_code == 200
     assert {s["doc_id"] for s in response.json()["sources"]} == {"kb-0020"}  # the one printers article
     assert strict.json()["sources"] == []
@@ -121,8 +146,9 @@ async def test_an_unknown_collection_is_404_and_no_model_is_asked(retriever: Ser
     replica = _model()
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
         response = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval="nope"))
-        bad = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb",
-                                                                                          "top_k": 50}))
+        bad = await client.post(
+            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 50})
+        )
     assert response.status_code == 404
     assert "nope" in response.json()["error"]["message"] and "kb" in response.json()["error"]["message"]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "retrieval.top_k"
@@ -133,8 +159,9 @@ async def test_retriever_down_is_503_unless_the_request_accepts_an_answer_withou
     replica = _model()
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=dead_url()) as client:
         failed = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval="kb"))
-        degraded = await client.post("/v1/chat/completions", content=_ask(
-            PASSWORD, retrieval={"collection": "kb", "on_error": "answer"}))
+        degraded = await client.post(
+            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "on_error": "answer"})
+        )
         metrics = (await client.get("/metrics")).text
     assert failed.status_code == 503
     assert failed.json()["error"]["code"] == "retriever_unavailable"
@@ -157,15 +184,19 @@ async def test_retrieval_off_refuses_the_field() -> None:
 
 
 def _support(retriever_url: str, replica: Replica, **settings: object):
-    return gateway({"inference-gguf": [replica.url]}, retriever_url=retriever_url,
-                   **{"rag_model": "m1", "rag_collection": "kb", **settings})
+    return gateway(
+        {"inference-gguf": [replica.url]},
+        retriever_url=retriever_url,
+        **{"rag_model": "m1", "rag_collection": "kb", **settings},
+    )
 
 
 async def test_the_support_route_answers_with_its_search_results(retriever: Service) -> None:
     replica = _model(answer="Open the Self-Service Portal and choose Reset.")
     async with running(replica), _support(retriever.url, replica) as client:
-        response = await client.post("/api/v1/chat/", json={"query": "How do I reset my password?", "top_k": 3,
-                                                             "max_tokens": 120})
+        response = await client.post(
+            "/api/v1/chat/", json={"query": "How do I reset my password?", "top_k": 3, "max_tokens": 120}
+        )
         health = await client.get("/api/v1/chat/health")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -187,8 +218,12 @@ async def test_the_support_route_masks_credentials_everywhere(retriever: Service
     leaked = "Your old one was hunter2. Try password: Tr0ub4dor&3 now."
     replica = _model(answer=leaked)
     async with running(replica), _support(retriever.url, replica) as client:
-        response = await client.post("/api/v1/chat/", json={
-            "query": "my password is Winter2024! and it stopped working, token ghp_0123456789abcdefghijABCDEFGHIJ"})
+        response = await client.post(
+            "/api/v1/chat/",
+            json={
+                "query": "my password is Winter2024! and it stopped working, token ghp_0123456789abcdefghijABCDEFGHIJ"
+            },
+        )
     body = response.json()
     assert response.status_code == 200
     assert "Winter2024" not in body["query"] and "ghp_0123" not in body["query"]
@@ -198,18 +233,22 @@ async def test_the_support_route_masks_credentials_everywhere(retriever: Service
     assert "Winter2024" not in sent and "ghp_0123" not in sent  # the model never saw them either
 
 
-@pytest.mark.parametrize(("payload", "detail"), [
-    ({"query": ""}, "Query must be between 1 and 2000 characters"),
-    ({"query": "   "}, "Query must be between 1 and 2000 characters"),
-    ({"query": "x" * 2001}, "Query must be between 1 and 2000 characters"),
-    ({"query": "vpn", "top_k": 0}, "top_k must be an integer between 1 and 20"),
-    ({"query": "vpn", "top_k": 21}, "top_k must be an integer between 1 and 20"),
-    ({"query": "vpn", "max_tokens": 49}, "max_tokens must be an integer between 50 and 500"),
-    ({"query": "vpn", "max_tokens": 501}, "max_tokens must be an integer between 50 and 500"),
-    ({"top_k": 3}, "Query must be between 1 and 2000 characters"),
-])
-async def test_the_support_route_validates_in_its_own_error_shape(retriever: Service, payload: dict[str, Any],
-                                                                  detail: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ({"query": ""}, "Query must be between 1 and 2000 characters"),
+        ({"query": "   "}, "Query must be between 1 and 2000 characters"),
+        ({"query": "x" * 2001}, "Query must be between 1 and 2000 characters"),
+        ({"query": "vpn", "top_k": 0}, "top_k must be an integer between 1 and 20"),
+        ({"query": "vpn", "top_k": 21}, "top_k must be an integer between 1 and 20"),
+        ({"query": "vpn", "max_tokens": 49}, "max_tokens must be an integer between 50 and 500"),
+        ({"query": "vpn", "max_tokens": 501}, "max_tokens must be an integer between 50 and 500"),
+        ({"top_k": 3}, "Query must be between 1 and 2000 characters"),
+    ],
+)
+async def test_the_support_route_validates_in_its_own_error_shape(
+    retriever: Service, payload: dict[str, Any], detail: str
+) -> None:
     replica = _model()
     async with running(replica), _support(retriever.url, replica) as client:
         response = await client.post("/api/v1/chat/", json=payload)

@@ -11,8 +11,15 @@ from gateway.tokens import estimate_tokens
 
 
 def _hit(n: int, text: str = "Restart the router and try again.") -> dict[str, object]:
-    return {"doc_id": f"kb-{n}", "chunk_id": f"kb-{n}#0", "title": f"Article {n}", "text": text,
-            "source": None, "score": 1.0 - n / 10, "metadata": {"category": "network"}}
+    return {
+        "doc_id": f"kb-{n}",
+        "chunk_id": f"kb-{n}#0",
+        "title": f"Article {n}",
+        "text": text,
+        "source": None,
+        "score": 1.0 - n / 10,
+        "metadata": {"category": "network"},
+    }
 
 
 def _request(**extra: object):
@@ -25,15 +32,18 @@ def test_retrieval_field_defaults_and_shorthand() -> None:
     assert spec is not None and (spec.collection, spec.top_k, spec.on_error) == ("it-support", 4, "fail")
 
 
-@pytest.mark.parametrize(("retrieval", "param"), [
-    ({"collection": "it-support", "top_k": 0}, "retrieval.top_k"),
-    ({"collection": "it-support", "top_k": 21}, "retrieval.top_k"),
-    ({"collection": "../etc"}, "retrieval.collection"),
-    ({"collection": "kb", "on_error": "ignore"}, "retrieval.on_error"),
-    ({"collection": "kb", "topk": 3}, "retrieval.topk"),
-    ({"top_k": 3}, "retrieval.collection"),
-    (42, "retrieval"),
-])
+@pytest.mark.parametrize(
+    ("retrieval", "param"),
+    [
+        ({"collection": "it-support", "top_k": 0}, "retrieval.top_k"),
+        ({"collection": "it-support", "top_k": 21}, "retrieval.top_k"),
+        ({"collection": "../etc"}, "retrieval.collection"),
+        ({"collection": "kb", "on_error": "ignore"}, "retrieval.on_error"),
+        ({"collection": "kb", "topk": 3}, "retrieval.topk"),
+        ({"top_k": 3}, "retrieval.collection"),
+        (42, "retrieval"),
+    ],
+)
 def test_a_malformed_retrieval_field_is_a_400_naming_it(retrieval: object, param: str) -> None:
     with pytest.raises(APIError) as caught:
         retrieval_of(_request(retrieval=retrieval))
@@ -42,9 +52,16 @@ def test_a_malformed_retrieval_field_is_a_400_naming_it(retrieval: object, param
 
 
 def test_the_query_is_the_last_user_message() -> None:
-    chat = chat_request({"model": "m", "messages": [
-        {"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-        {"role": "user", "content": "VPN fails"}]})
+    chat = chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "VPN fails"},
+            ],
+        }
+    )
     assert query_of(chat) == "VPN fails"
     with pytest.raises(APIError):
         query_of(chat_request({"model": "m", "messages": [{"role": "system", "content": "only system"}]}))

@@ -11,12 +11,16 @@ async def test_models_are_discovered_from_every_service() -> None:
     async with running(gguf, hf), gateway({"inference-gguf": [gguf.url], "inference-hf": [hf.url]}) as client:
         listed = (await client.get("/v1/models")).json()
     assert [(m["id"], m["owned_by"]) for m in listed["data"]] == [
-        ("a", "inference-gguf"), ("b", "inference-gguf"), ("c", "inference-hf")]
+        ("a", "inference-gguf"),
+        ("b", "inference-gguf"),
+        ("c", "inference-hf"),
+    ]
 
 
 async def test_each_model_goes_to_the_service_that_owns_it() -> None:
-    gguf = Replica().on("/v1/models", lambda r: models("a")).on("/v1/chat/completions",
-                                                                 lambda r: completion("from gguf"))
+    gguf = (
+        Replica().on("/v1/models", lambda r: models("a")).on("/v1/chat/completions", lambda r: completion("from gguf"))
+    )
     hf = Replica().on("/v1/models", lambda r: models("c")).on("/v1/chat/completions", lambda r: completion("from hf"))
     async with running(gguf, hf), gateway({"inference-gguf": [gguf.url], "inference-hf": [hf.url]}) as client:
         a = await client.post("/v1/chat/completions", content=chat("a"))
@@ -48,8 +52,9 @@ async def test_a_new_model_is_found_without_waiting_for_the_refresh() -> None:
 
 async def test_a_replica_that_went_away_is_skipped_and_the_next_one_answers() -> None:
     first = Replica().on("/v1/models", lambda r: models("m1"))
-    second = Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions",
-                                                                    lambda r: completion("second"))
+    second = (
+        Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions", lambda r: completion("second"))
+    )
     async with running(second), gateway({"inference-gguf": [first.url, second.url]}) as client:
         await first.start()
         await asyncio.sleep(1.05)
@@ -65,8 +70,10 @@ async def test_a_replica_that_went_away_is_skipped_and_the_next_one_answers() ->
 
 
 async def test_requests_spread_over_replicas() -> None:
-    replicas = [Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions",
-                                                                       lambda r: completion()) for _ in range(2)]
+    replicas = [
+        Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions", lambda r: completion())
+        for _ in range(2)
+    ]
     async with running(*replicas), gateway({"inference-gguf": [r.url for r in replicas]}) as client:
         for _ in range(4):
             await client.post("/v1/chat/completions", content=chat())
@@ -82,8 +89,11 @@ async def test_ready_reports_unreachable_services() -> None:
 
 
 async def test_upstream_errors_pass_through_with_their_headers() -> None:
-    busy = Reply(429, {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "queue_full"}},
-                 headers={"Retry-After": "4"})
+    busy = Reply(
+        429,
+        {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "queue_full"}},
+        headers={"Retry-After": "4"},
+    )
     gguf = Replica().on("/v1/models", lambda r: models("m1")).on("/v1/chat/completions", lambda r: busy)
     async with running(gguf), gateway({"inference-gguf": [gguf.url]}) as client:
         response = await client.post("/v1/chat/completions", content=chat())

@@ -21,8 +21,13 @@ from tests.services import Service, free_port, start_service
 def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     logs = tmp_path_factory.mktemp("history")
     port = free_port()
-    service = start_service("history", ["-m", "history"], {
-        "HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")}, port, logs)
+    service = start_service(
+        "history",
+        ["-m", "history"],
+        {"HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")},
+        port,
+        logs,
+    )
     yield service
     service.stop()
 
@@ -41,35 +46,61 @@ def _event(content: str | None = None, finish: str | None = None) -> bytes:
 
 
 def _model(context_length: int = 4096, answer: str = "hello") -> Replica:
-    card = {"object": "list", "data": [{"id": "m1", "object": "model", "created": 0, "owned_by": "inference-gguf",
-                                        "context_length": context_length}]}
-    return Replica().on("/v1/models", lambda r: Reply(payload=card)).on("/v1/chat/completions",
-                                                                        lambda r: completion(answer))
+    card = {
+        "object": "list",
+        "data": [
+            {
+                "id": "m1",
+                "object": "model",
+                "created": 0,
+                "owned_by": "inference-gguf",
+                "context_length": context_length,
+            }
+        ],
+    }
+    return (
+        Replica()
+        .on("/v1/models", lambda r: Reply(payload=card))
+        .on("/v1/chat/completions", lambda r: completion(answer))
+    )
 
 
 def _sent_messages(replica: Replica, i: int) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in orjson.loads(replica.chat_requests()[i].body)[
-        "messages"]]
+    return [
+        {"role": m["role"], "content": m["content"]} for m in orjson.loads(replica.chat_requests()[i].body)["messages"]
+    ]
 
 
 async def test_the_second_turn_carries_the_first_and_both_are_stored_in_order(history: Service) -> None:
     replica = _model(answer="Paris.")
     settings = {"history_url": history.url}
     async with running(replica), gateway({"inference-gguf": [replica.url]}, **settings) as client:
-        first = await client.post("/v1/chat/completions", content=orjson.dumps({
-            "model": "m1", "session_id": "s-two-turns",
-            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital?"}]}))
+        first = await client.post(
+            "/v1/chat/completions",
+            content=orjson.dumps(
+                {
+                    "model": "m1",
+                    "session_id": "s-two-turns",
+                    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital?"}],
+                }
+            ),
+        )
         second = await client.post("/v1/chat/completions", content=chat(), headers={"X-Session-ID": "s-two-turns"})
     assert first.status_code == second.status_code == 200
     assert second.headers["x-session-id"] == "s-two-turns"
     assert "session_id" not in orjson.loads(replica.chat_requests()[0].body)  # an extension: not sent upstream
     assert _sent_messages(replica, 1) == [
-        {"role": "user", "content": "Capital?"}, {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "hi"}]
+        {"role": "user", "content": "Capital?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "hi"},
+    ]
     stored = _stored(history, "s-two-turns")
     assert [(m["seq"], m["role"], m["content"], m["status"]) for m in stored] == [
-        (1, "user", "Capital?", "complete"), (2, "assistant", "Paris.", "complete"),
-        (3, "user", "hi", "complete"), (4, "assistant", "Paris.", "complete")]
+        (1, "user", "Capital?", "complete"),
+        (2, "assistant", "Paris.", "complete"),
+        (3, "user", "hi", "complete"),
+        (4, "assistant", "Paris.", "complete"),
+    ]
     assert stored[1]["model"] == "m1" and stored[1]["completion_tokens"] == 1
 
 
@@ -80,7 +111,9 @@ async def test_a_streamed_answer_is_stored_whole(history: Service) -> None:
         response = await client.post("/v1/chat/completions", content=chat(stream=True, session_id="s-stream"))
     assert response.content == b"".join(events)  # still byte for byte
     assert [(m["role"], m["content"], m["status"]) for m in _stored(history, "s-stream")] == [
-        ("user", "hi", "complete"), ("assistant", "Hello", "complete")]
+        ("user", "hi", "complete"),
+        ("assistant", "Hello", "complete"),
+    ]
 
 
 async def test_a_stream_cut_upstream_is_stored_as_interrupted(history: Service) -> None:
@@ -93,8 +126,7 @@ async def test_a_stream_cut_upstream_is_stored_as_interrupted(history: Service) 
     assert "stopped the stream early" in answer["metadata"]["error"]
 
 
-async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_interrupted(
-        history: Service) -> None:
+async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_interrupted(history: Service) -> None:
     replica = _model().on("/v1/chat/completions", lambda r: sse([_event("One"), _event(" two")], end="hang"))
     app = Gateway(Settings(services={"inference-gguf": [replica.url]}, history_url=history.url))
     sent: list[dict[str, Any]] = []
@@ -112,12 +144,23 @@ async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_in
         if len([m for m in sent if m.get("body")]) == 2:
             two_pieces.set()
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b"",
-             "http_version": "1.1", "scheme": "http", "server": ("gateway", 80), "client": ("t", 1), "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("gateway", 80),
+        "client": ("t", 1),
+        "root_path": "",
+    }
     async with running(replica), app.api.router.lifespan_context(app.api):
         await asyncio.wait_for(app(scope, receive, send), 10)
-        metrics = (await httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g").get(
-            "/metrics")).text
+        metrics = (
+            await httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g").get("/metrics")
+        ).text
     answer = _stored(history, "s-gone")[-1]
     assert (answer["content"], answer["status"]) == ("One two", "interrupted")
     assert 'gateway_chat_requests_total{model="m1",status="499"} 1.0' in metrics
@@ -137,8 +180,10 @@ async def test_history_down_fails_the_request_before_any_model_work_by_default()
 
 async def test_history_down_can_be_answered_without_history_and_says_so() -> None:
     replica = _model()
-    async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=dead_url(),
-                                         history_on_error="answer") as client:
+    async with (
+        running(replica),
+        gateway({"inference-gguf": [replica.url]}, history_url=dead_url(), history_on_error="answer") as client,
+    ):
         response = await client.post("/v1/chat/completions", content=chat(session_id="s"))
     assert response.status_code == 200
     assert response.headers["x-switchboard-history"] == "unavailable"
@@ -146,8 +191,10 @@ async def test_history_down_can_be_answered_without_history_and_says_so() -> Non
 
 async def test_history_is_trimmed_to_the_models_context(history: Service) -> None:
     long = "word " * 120  # about 200 estimated tokens a message
-    turns = [{"role": role, "content": f"{i}:{long}", "message_id": f"seed-{i}"}
-             for i, role in enumerate(["user", "assistant"] * 4)]
+    turns = [
+        {"role": role, "content": f"{i}:{long}", "message_id": f"seed-{i}"}
+        for i, role in enumerate(["user", "assistant"] * 4)
+    ]
     _append(history, "s-trim", turns)
     replica = _model(context_length=1024)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url) as client:
@@ -171,8 +218,10 @@ async def test_a_malformed_session_id_is_400(session: object, history: Service) 
 async def test_the_finetune_backend_routes(history: Service) -> None:
     events = [_event("Bon"), _event("jour"), _event(finish="stop"), b"data: [DONE]\n\n"]
     replica = _model().on("/v1/chat/completions", lambda r: sse(events))
-    async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url,
-                                         finetune_model="m1") as client:
+    async with (
+        running(replica),
+        gateway({"inference-gguf": [replica.url]}, history_url=history.url, finetune_model="m1") as client,
+    ):
         await client.post("/clear-history")  # the "default" session may hold other tests' turns
         streamed = await client.post("/chat", json={"prompt": "Say hello"})
         listed = (await client.get("/messages", params={"limit": 10})).json()
@@ -183,8 +232,7 @@ async def test_the_finetune_backend_routes(history: Service) -> None:
         after = (await client.get("/messages")).json()
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert streamed.content == b'data: {"token":"Bon"}\n\ndata: {"token":"jour"}\n\ndata: [DONE]\n\n'
-    assert [(m["role"], m["content"]) for m in listed["messages"]] == [("user", "Say hello"),
-                                                                       ("assistant", "Bonjour")]
+    assert [(m["role"], m["content"]) for m in listed["messages"]] == [("user", "Say hello"), ("assistant", "Bonjour")]
     assert status == {"status": "ok", "model": "m1", "model_loaded": True, "database": "connected"}
     assert root.status_code == 200
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt"

@@ -19,11 +19,14 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize(("uri", "hosts"), [
-    ("mongodb://user:s3cret@db1:27017,db2:27018/app?authSource=admin", "db1:27017,db2:27018"),
-    ("mongodb+srv://user:s3cret@cluster0.example.net/?retryWrites=true", "cluster0.example.net"),
-    ("mongodb://localhost", "localhost"),
-])
+@pytest.mark.parametrize(
+    ("uri", "hosts"),
+    [
+        ("mongodb://user:s3cret@db1:27017,db2:27018/app?authSource=admin", "db1:27017,db2:27018"),
+        ("mongodb+srv://user:s3cret@cluster0.example.net/?retryWrites=true", "cluster0.example.net"),
+        ("mongodb://localhost", "localhost"),
+    ],
+)
 def test_descriptions_name_the_hosts_and_never_the_credentials(uri: str, hosts: str) -> None:
     assert describe_mongodb(uri, "x") == f"MongoDB at {hosts}, database 'x'"
 

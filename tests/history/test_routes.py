@@ -49,10 +49,23 @@ def error(response: httpx.Response) -> dict[str, Any]:
 
 async def test_append_read_list_delete(client: Client) -> None:
     async with client() as http:
-        appended = await http.post("/v1/sessions/chat-1/messages", json={"messages": [
-            {"role": "system", "content": "be brief"}, user("hi", message_id="u1"),
-            {"role": "assistant", "content": "hel", "status": "interrupted", "model": "m", "completion_tokens": 2,
-             "metadata": {"finish": None}}]})
+        appended = await http.post(
+            "/v1/sessions/chat-1/messages",
+            json={
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    user("hi", message_id="u1"),
+                    {
+                        "role": "assistant",
+                        "content": "hel",
+                        "status": "interrupted",
+                        "model": "m",
+                        "completion_tokens": 2,
+                        "metadata": {"finish": None},
+                    },
+                ]
+            },
+        )
         assert appended.status_code == 200
         body = appended.json()
         assert body["session_id"] == "chat-1"
@@ -88,26 +101,29 @@ async def test_an_unknown_session_reads_as_empty(client: Client) -> None:
         assert (await http.delete("/v1/sessions/never-seen")).json()["deleted"] == 0
 
 
-@pytest.mark.parametrize(("method", "path", "body", "param"), [
-    ("POST", "/v1/sessions/has%20space/messages", {"messages": [user("x")]}, "session_id"),
-    ("POST", f"/v1/sessions/{'x' * 129}/messages", {"messages": [user("x")]}, "session_id"),
-    ("GET", "/v1/sessions/semi;colon/messages", None, "session_id"),
-    ("DELETE", "/v1/sessions/%C3%BC", None, "session_id"),
-    ("POST", "/v1/sessions/s/messages", {"messages": []}, "messages"),
-    ("POST", "/v1/sessions/s/messages", {}, "messages"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [user("x")] * 101}, "messages"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [{"role": "user"}]}, "messages.0.content"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [user("x", status="done")]}, "messages.0.status"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [user("x", prompt_tokens=-1)]}, "messages.0.prompt_tokens"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [user("x", colour="red")]}, "messages.0.colour"),
-    ("POST", "/v1/sessions/s/messages", {"messages": [user("x", metadata=[1])]}, "messages.0.metadata"),
-    ("GET", "/v1/sessions/s/messages?limit=0", None, "query.limit"),
-    ("GET", "/v1/sessions/s/messages?limit=1001", None, "query.limit"),
-    ("GET", "/v1/sessions/s/messages?limit=ten", None, "query.limit"),
-    ("GET", "/v1/sessions/s/messages?before_seq=0", None, "query.before_seq"),
-    ("GET", "/v1/sessions?offset=-1", None, "query.offset"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("POST", "/v1/sessions/has%20space/messages", {"messages": [user("x")]}, "session_id"),
+        ("POST", f"/v1/sessions/{'x' * 129}/messages", {"messages": [user("x")]}, "session_id"),
+        ("GET", "/v1/sessions/semi;colon/messages", None, "session_id"),
+        ("DELETE", "/v1/sessions/%C3%BC", None, "session_id"),
+        ("POST", "/v1/sessions/s/messages", {"messages": []}, "messages"),
+        ("POST", "/v1/sessions/s/messages", {}, "messages"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [user("x")] * 101}, "messages"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [{"role": "user"}]}, "messages.0.content"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [user("x", status="done")]}, "messages.0.status"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [user("x", prompt_tokens=-1)]}, "messages.0.prompt_tokens"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [user("x", colour="red")]}, "messages.0.colour"),
+        ("POST", "/v1/sessions/s/messages", {"messages": [user("x", metadata=[1])]}, "messages.0.metadata"),
+        ("GET", "/v1/sessions/s/messages?limit=0", None, "query.limit"),
+        ("GET", "/v1/sessions/s/messages?limit=1001", None, "query.limit"),
+        ("GET", "/v1/sessions/s/messages?limit=ten", None, "query.limit"),
+        ("GET", "/v1/sessions/s/messages?before_seq=0", None, "query.before_seq"),
+        ("GET", "/v1/sessions?offset=-1", None, "query.offset"),
+    ],
+)
 async def test_bad_input_is_a_400_envelope(client: Client, method: str, path: str, body: Any, param: str) -> None:
     async with client() as http:
         response = await http.request(method, path, json=body)
@@ -119,8 +135,9 @@ async def test_bad_input_is_a_400_envelope(client: Client, method: str, path: st
 
 async def test_a_body_that_is_not_json_is_a_400(client: Client) -> None:
     async with client() as http:
-        response = await http.post("/v1/sessions/s/messages", content=b"{not json",
-                                   headers={"content-type": "application/json"})
+        response = await http.post(
+            "/v1/sessions/s/messages", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400
         assert error(response)["code"] == "invalid_value"
 
@@ -154,9 +171,12 @@ async def test_an_sqlite_path_that_cannot_be_opened_is_503_until_it_can(client: 
         assert problem["code"] == "store_unavailable" and problem["type"] == "service_unavailable"
         assert str(blocker / "history.sqlite3") in problem["message"]
         assert "HISTORY_SQLITE_PATH" in problem["message"] and "tries again" in problem["message"]
-        for response in (await http.post("/v1/sessions/s/messages", json={"messages": [user("x")]}),
-                         await http.get("/v1/sessions/s/messages"), await http.get("/v1/sessions"),
-                         await http.delete("/v1/sessions/s")):
+        for response in (
+            await http.post("/v1/sessions/s/messages", json={"messages": [user("x")]}),
+            await http.get("/v1/sessions/s/messages"),
+            await http.get("/v1/sessions"),
+            await http.delete("/v1/sessions/s"),
+        ):
             assert response.status_code == 503 and error(response)["code"] == "store_unavailable"
         assert "Traceback" not in ready.text
 
@@ -175,7 +195,7 @@ async def test_a_database_file_removed_under_the_service_makes_it_unready(client
         (tmp_path / "history.sqlite3").unlink()
         ready = await http.get("/ready")
         assert ready.status_code == 503 and "removed" in error(ready)["message"]
-        assert "history_store_errors_total{operation=\"ping\"} 1.0" in (await http.get("/metrics")).text
+        assert 'history_store_errors_total{operation="ping"} 1.0' in (await http.get("/metrics")).text
 
 
 async def test_an_unreachable_mongodb_is_503_naming_it_without_the_password(client: Client) -> None:
@@ -191,4 +211,3 @@ async def test_an_unreachable_mongodb_is_503_naming_it_without_the_password(clie
         problem = error(response)
         assert problem["code"] == "store_unavailable"
         assert f"MongoDB at 127.0.0.1:{port}" in problem["message"] and "hunter2" not in problem["message"]
-

@@ -37,8 +37,13 @@ asyncio.run(main(*sys.argv[1:]))
 async def test_messages_survive_closing_and_reopening_the_file(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dirs" / "history.sqlite3"  # folders are created
     store = await SQLiteStore.open(path)
-    await store.append("s", [NewMessage(role="user", content="kept", message_id="k1", metadata={"a": [1, None]}),
-                             NewMessage(role="assistant", content="also kept", prompt_tokens=5)])
+    await store.append(
+        "s",
+        [
+            NewMessage(role="user", content="kept", message_id="k1", metadata={"a": [1, None]}),
+            NewMessage(role="assistant", content="also kept", prompt_tokens=5),
+        ],
+    )
     before = await store.recent("s", limit=10)
     sessions_before = await store.sessions(limit=10, offset=0)
     await store.close()
@@ -58,9 +63,18 @@ async def test_messages_survive_closing_and_reopening_the_file(tmp_path: Path) -
 async def test_two_processes_appending_to_one_file_never_collide(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite3"
     await (await SQLiteStore.open(path)).close()  # create the schema once, as a deployed service would have
-    writers = [await asyncio.create_subprocess_exec(sys.executable, "-c", _WRITER, str(path), name,
-                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-               for name in ("p1", "p2")]
+    writers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WRITER,
+            str(path),
+            name,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for name in ("p1", "p2")
+    ]
     for writer in writers:
         assert writer.stdout is not None
         assert await asyncio.wait_for(writer.stdout.readline(), 30) == b"ready\n"

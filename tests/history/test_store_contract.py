@@ -19,11 +19,22 @@ def msg(content: str, role: str = "user", **fields: Any) -> NewMessage:
 async def test_appends_get_consecutive_seqs_and_read_back_in_order(make_store: StoreFactory) -> None:
     store = await make_store()
     first = await store.append("s1", [msg("hi", "system"), msg("hello"), msg("hey", "assistant")])
-    second = await store.append("s1", [
-        msg("answer", "assistant", model="smollm2", prompt_tokens=12, completion_tokens=3, request_id="r-1",
-            status="interrupted", metadata={"tool_calls": [{"id": "c1"}], "note": "héllo ✓", "n": 1.5}),
-        msg("result", "tool", message_id="m-5"),
-    ])
+    second = await store.append(
+        "s1",
+        [
+            msg(
+                "answer",
+                "assistant",
+                model="smollm2",
+                prompt_tokens=12,
+                completion_tokens=3,
+                request_id="r-1",
+                status="interrupted",
+                metadata={"tool_calls": [{"id": "c1"}], "note": "héllo ✓", "n": 1.5},
+            ),
+            msg("result", "tool", message_id="m-5"),
+        ],
+    )
     assert [m.seq for m in first] == [1, 2, 3]
     assert [m.seq for m in second] == [4, 5]
     assert first[0].created_at.endswith("Z")
@@ -32,9 +43,16 @@ async def test_appends_get_consecutive_seqs_and_read_back_in_order(make_store: S
     assert stored == first + second
     assert [m.content for m in stored] == ["hi", "hello", "hey", "answer", "result"]
     assert stored[3].model_dump(exclude={"seq", "created_at"}) == {
-        "role": "assistant", "content": "answer", "model": "smollm2", "prompt_tokens": 12, "completion_tokens": 3,
-        "request_id": "r-1", "message_id": None, "status": "interrupted",
-        "metadata": {"tool_calls": [{"id": "c1"}], "note": "héllo ✓", "n": 1.5}}
+        "role": "assistant",
+        "content": "answer",
+        "model": "smollm2",
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "request_id": "r-1",
+        "message_id": None,
+        "status": "interrupted",
+        "metadata": {"tool_calls": [{"id": "c1"}], "note": "héllo ✓", "n": 1.5},
+    }
     assert stored[0].status == "complete" and stored[0].metadata == {}
     assert await store.recent("s2", limit=10) == []  # sessions are separate
 
@@ -95,8 +113,9 @@ async def test_retry_with_message_id_returns_the_stored_message(make_store: Stor
 async def test_retry_of_a_partly_stored_batch_stores_only_the_new_messages(make_store: StoreFactory) -> None:
     store = await make_store()
     a, b = await store.append("s", [msg("a", message_id="id-a"), msg("b", message_id="id-b")])
-    result = await store.append("s", [msg("a", message_id="id-a"), msg("c", message_id="id-c"), msg("d"),
-                                      msg("b", message_id="id-b")])
+    result = await store.append(
+        "s", [msg("a", message_id="id-a"), msg("c", message_id="id-c"), msg("d"), msg("b", message_id="id-b")]
+    )
     assert [(m.content, m.seq) for m in result] == [("a", 1), ("c", 3), ("d", 4), ("b", 2)]
     assert result[0] == a and result[3] == b
     assert [m.content for m in await store.recent("s", limit=10)] == ["a", "b", "c", "d"]

@@ -34,7 +34,8 @@ def test_config_sets_defaults_and_renames(tmp_path: Path) -> None:
         "models:\n"
         "  - id: finetune-chat\n    path: model.gguf\n    n_ctx: 2048\n"
         "    defaults: {temperature: 0.5, top_k: 40, max_tokens: 150, stop: ['User:']}\n"
-        f"  - id: {BUNDLED_MODEL_ID}\n    defaults: {{repeat_penalty: 1.1}}\n")
+        f"  - id: {BUNDLED_MODEL_ID}\n    defaults: {{repeat_penalty: 1.1}}\n"
+    )
     specs = {s.id: s for s in discover_models(_settings(tmp_path, models_config=config))}
     assert set(specs) == {BUNDLED_MODEL_ID, "finetune-chat"}  # "model" is served once, renamed
     assert specs["finetune-chat"].n_ctx == 2048

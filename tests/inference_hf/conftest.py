@@ -52,10 +52,22 @@ def _tiny_bart(prepared: Path, out: Path, *, template: bool) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(prepared))
     torch.manual_seed(0)
     config = BartConfig(
-        vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=1, forced_bos_token_id=None, forced_eos_token_id=None)
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=1,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    )
     BartForConditionalGeneration(config).save_pretrained(str(out))
     if not template:
         tokenizer.chat_template = None
@@ -74,8 +86,10 @@ def tiny_bart_untemplated(prepared: Path, tmp_path_factory: pytest.TempPathFacto
     return _tiny_bart(prepared, tmp_path_factory.mktemp("tiny-bart-untemplated"), template=False)
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @dataclass
@@ -94,25 +108,67 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def service(cache_dir: Path, prepared: Path, tiny_bart: Path, tiny_bart_untemplated: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(
+    cache_dir: Path,
+    prepared: Path,
+    tiny_bart: Path,
+    tiny_bart_untemplated: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
     """The service on a free port: float32 and NF4 SmolLM2 preloaded; 8-bit SmolLM2 and the tiny BARTs on demand."""
     config = tmp_path_factory.mktemp("config") / "models.yaml"
-    config.write_text(yaml.safe_dump({"models": [
-        {"id": "smol", "gguf": "bundled", "dtype": "float32", "max_context": 256, "keep_alive_s": -1},
-        {"id": "smol-nf4", "gguf": "bundled", "quantization": "4bit", "dtype": "float32", "keep_alive_s": -1,
-         "bnb_4bit": {"quant_type": "nf4", "compute_dtype": "float32"}},
-        {"id": "smol-8bit", "source": str(prepared), "quantization": "8bit", "preload": False, "keep_alive_s": -1},
-        {"id": "bart", "source": str(tiny_bart), "preload": False, "keep_alive_s": 1},
-        {"id": "bart-templated", "source": str(tiny_bart_untemplated), "chat_template": CHATML,
-         "preload": False, "keep_alive_s": -1},
-        {"id": "bart-untemplated", "source": str(tiny_bart_untemplated), "preload": False, "keep_alive_s": -1},
-    ]}))
-    settings = Settings(port=free_port(), models_config=config, models_cache_dir=cache_dir, max_loaded_models=6,
-                        max_queue=2, max_batch_size=4, idle_check_interval_s=0.2, num_threads=None)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"id": "smol", "gguf": "bundled", "dtype": "float32", "max_context": 256, "keep_alive_s": -1},
+                    {
+                        "id": "smol-nf4",
+                        "gguf": "bundled",
+                        "quantization": "4bit",
+                        "dtype": "float32",
+                        "keep_alive_s": -1,
+                        "bnb_4bit": {"quant_type": "nf4", "compute_dtype": "float32"},
+                    },
+                    {
+                        "id": "smol-8bit",
+                        "source": str(prepared),
+                        "quantization": "8bit",
+                        "preload": False,
+                        "keep_alive_s": -1,
+                    },
+                    {"id": "bart", "source": str(tiny_bart), "preload": False, "keep_alive_s": 1},
+                    {
+                        "id": "bart-templated",
+                        "source": str(tiny_bart_untemplated),
+                        "chat_template": CHATML,
+                        "preload": False,
+                        "keep_alive_s": -1,
+                    },
+                    {
+                        "id": "bart-untemplated",
+                        "source": str(tiny_bart_untemplated),
+                        "preload": False,
+                        "keep_alive_s": -1,
+                    },
+                ]
+            }
+        )
+    )
+    settings = Settings(
+        port=free_port(),
+        models_config=config,
+        models_cache_dir=cache_dir,
+        max_loaded_models=6,
+        max_queue=2,
+        max_batch_size=4,
+        idle_check_interval_s=0.2,
+        num_threads=None,
+    )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None,
-                                           access_log=False, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, access_log=False, lifespan="on")
+    )
     thread = threading.Thread(target=server.run, name="test-inference-hf", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"

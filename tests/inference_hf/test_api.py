@@ -66,8 +66,15 @@ def test_models_lists_every_configured_model_with_its_state(service: Service) ->
     assert list(cards) == ["smol", "smol-nf4", "smol-8bit", "bart", "bart-templated", "bart-untemplated"]
     for card in cards.values():
         assert card["object"] == "model" and card["owned_by"] == "inference-hf"
-        assert set(card["state"]) >= {"loaded", "device", "quantization", "dtype", "memory_bytes", "last_used",
-                                      "keep_alive_s"}
+        assert set(card["state"]) >= {
+            "loaded",
+            "device",
+            "quantization",
+            "dtype",
+            "memory_bytes",
+            "last_used",
+            "keep_alive_s",
+        }
     smol, nf4, idle = cards["smol"], cards["smol-nf4"], cards["bart-untemplated"]
     assert smol["context_length"] == 256  # max_context from the config
     assert smol["state"]["loaded"] and smol["state"]["device"] == "cpu" and smol["state"]["dtype"] == "float32"
@@ -110,17 +117,30 @@ def test_8bit_loads_on_first_request_and_answers(service: Service) -> None:
 
 def test_stop_sequences_and_max_tokens(service: Service) -> None:
     body = chat(service, "smol", temperature=0, stop=["classic"]).json()
-    assert body["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "The answer to this "},
-                                  "finish_reason": "stop", "logprobs": None}
+    assert body["choices"][0] == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "The answer to this "},
+        "finish_reason": "stop",
+        "logprobs": None,
+    }
     body = chat(service, "smol", temperature=0, max_tokens=3).json()
     assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
 
 
 def test_streaming_gives_the_same_answer_token_by_token(service: Service) -> None:
     whole = chat(service, "smol", temperature=0, max_tokens=30).json()
-    with service.client.stream("POST", "/v1/chat/completions", json={
-            "model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 30, "stream": True,
-            "stream_options": {"include_usage": True}}) as response:
+    with service.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "smol",
+            "messages": QUESTION,
+            "temperature": 0,
+            "max_tokens": 30,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(response))
@@ -142,8 +162,9 @@ def test_encoder_decoder_model_answers(service: Service) -> None:
     sampled = chat(service, "bart", max_tokens=12, ignore_eos=True, temperature=1.0, top_k=0, min_p=0, seed=7).json()
     text = sampled["choices"][0]["message"]["content"]
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    cut = chat(service, "bart", max_tokens=12, ignore_eos=True, temperature=1.0, top_k=0, min_p=0, seed=7,
-               stop=[stop]).json()
+    cut = chat(
+        service, "bart", max_tokens=12, ignore_eos=True, temperature=1.0, top_k=0, min_p=0, seed=7, stop=[stop]
+    ).json()
     assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
     card = service.client.get("/v1/models/bart").json()["state"]
@@ -160,8 +181,12 @@ def test_missing_chat_template_is_a_clear_400_unless_one_is_configured(service: 
 
 
 def test_unknown_model_is_404_listing_the_configured_ids(service: Service) -> None:
-    for response in (chat(service, "gpt-17"), service.client.post("/v1/models/gpt-17/load"),
-                     service.client.post("/v1/models/gpt-17/unload"), service.client.get("/v1/models/gpt-17")):
+    for response in (
+        chat(service, "gpt-17"),
+        service.client.post("/v1/models/gpt-17/load"),
+        service.client.post("/v1/models/gpt-17/unload"),
+        service.client.get("/v1/models/gpt-17"),
+    ):
         assert response.status_code == 404
         error = response.json()["error"]
         assert error["code"] == "model_not_found" and error["type"] == "not_found_error"
@@ -181,10 +206,14 @@ def test_context_errors_give_token_counts(service: Service) -> None:
     assert "you requested 287 tokens (37 in the messages, 250 in the completion)" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    (b"{not json", None), (b'{"model": "smol"}', "messages"),
-    (b'{"model": "smol", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', "temperature"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b'{"model": "smol"}', "messages"),
+        (b'{"model": "smol", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', "temperature"),
+    ],
+)
 def test_bad_input_is_400(service: Service, body: bytes, param: str | None) -> None:
     response = service.client.post("/v1/chat/completions", content=body)
     assert response.status_code == 400
@@ -219,9 +248,18 @@ def test_concurrent_requests_decode_together(service: Service) -> None:
 
     def ask(question: str) -> None:
         with httpx.Client(base_url=service.url, timeout=120) as client:
-            results.append(client.post("/v1/chat/completions", json={
-                "model": "smol", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
-                "temperature": 0, "ignore_eos": True}))
+            results.append(
+                client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "smol",
+                        "messages": [{"role": "user", "content": question}],
+                        "max_tokens": 16,
+                        "temperature": 0,
+                        "ignore_eos": True,
+                    },
+                )
+            )
 
     threads = [threading.Thread(target=ask, args=(q,)) for q in ("Tell me a story.", "Describe the sea.")]
     for t in threads:
@@ -240,8 +278,11 @@ def test_concurrent_requests_decode_together(service: Service) -> None:
 
 def test_client_leaving_a_stream_cancels_its_sequence(service: Service, engine_log: list[logging.LogRecord]) -> None:
     before = service.engine.stats("smol")
-    with service.client.stream("POST", "/v1/chat/completions", json={
-            "model": "smol", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True}) as response:
+    with service.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "smol", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True},
+    ) as response:
         lines = response.iter_lines()
         while not next(lines).startswith('data: {"id"'):
             pass
@@ -255,16 +296,21 @@ def test_client_leaving_a_stream_cancels_its_sequence(service: Service, engine_l
 def test_client_leaving_a_plain_request_cancels_it(service: Service) -> None:
     before = service.engine.stats("smol")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{service.url}/v1/chat/completions", timeout=1.0, json={
-            "model": "smol", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True})
+        httpx.post(
+            f"{service.url}/v1/chat/completions",
+            timeout=1.0,
+            json={"model": "smol", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True},
+        )
     wait_for(lambda: service.engine.stats("smol").cancelled > before.cancelled, "the cancellation")
     assert service.engine.stats("smol").generated_tokens - before.generated_tokens < 200
 
 
 def test_unloading_a_model_with_a_request_in_flight_is_409(service: Service) -> None:
-    with service.client.stream("POST", "/v1/chat/completions", json={
-            "model": "smol-nf4", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True,
-            "stream": True}) as response:
+    with service.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "smol-nf4", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True},
+    ) as response:
         next(response.iter_lines())
         refused = service.client.post("/v1/models/smol-nf4/unload")
         assert refused.status_code == 409

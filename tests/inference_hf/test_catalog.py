@@ -36,7 +36,10 @@ def test_default_models_are_smollm2_in_float32_and_nf4(tmp_path: Path) -> None:
 
 def test_yaml_entries_with_every_option(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
-    specs = load_catalog(_settings(tmp_path, """
+    specs = load_catalog(
+        _settings(
+            tmp_path,
+            """
 models:
   - id: local
     source: ./model
@@ -51,23 +54,28 @@ models:
     preload: false
     bnb_4bit: {quant_type: fp4, double_quant: true, compute_dtype: bfloat16}
     quantization: 4bit
-"""))
+""",
+        )
+    )
     local, hub = specs
     assert local.source == str((tmp_path / "model").resolve())  # relative to the config file
     assert (local.max_context, local.keep_alive_s, local.defaults.temperature) == (1024, 30, 0.2)
     assert hub.source == "microsoft/DialoGPT-medium" and hub.quantization_label() == "4bit-fp4"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("models: [{id: a}]", "exactly one of 'source'"),
-    ("models: [{id: a, source: x, gguf: bundled}]", "exactly one of 'source'"),
-    ("models: [{id: a, source: x}, {id: a, source: y}]", "configured twice"),
-    ("models: [{id: a, source: x, quantization: 3bit}]", "quantization"),
-    ("models: [{id: a, gguf: nowhere.gguf}]", "does not exist"),
-    ("models: [{id: a, source: x, colour: red}]", "colour"),
-    ("models: []", "at least 1"),
-    ("models: [", "invalid models config"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models: [{id: a}]", "exactly one of 'source'"),
+        ("models: [{id: a, source: x, gguf: bundled}]", "exactly one of 'source'"),
+        ("models: [{id: a, source: x}, {id: a, source: y}]", "configured twice"),
+        ("models: [{id: a, source: x, quantization: 3bit}]", "quantization"),
+        ("models: [{id: a, gguf: nowhere.gguf}]", "does not exist"),
+        ("models: [{id: a, source: x, colour: red}]", "colour"),
+        ("models: []", "at least 1"),
+        ("models: [", "invalid models config"),
+    ],
+)
 def test_bad_config_says_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(CatalogError, match=message):
         load_catalog(_settings(tmp_path, text))

@@ -18,8 +18,16 @@ from tests.inference_hf.conftest import Service
 
 
 def greedy(max_tokens: int, **kw: object) -> SamplingParams:
-    base = dict(temperature=0.0, top_p=1.0, top_k=40, min_p=0.05, repeat_penalty=1.0, presence_penalty=0.0,
-                frequency_penalty=0.0, max_tokens=max_tokens)
+    base = dict(
+        temperature=0.0,
+        top_p=1.0,
+        top_k=40,
+        min_p=0.05,
+        repeat_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        max_tokens=max_tokens,
+    )
     return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -71,8 +79,9 @@ def _ensure(service: Service, model: str) -> None:
 Answers = list[tuple[str, Finished]]
 
 
-def _late_arrival(service: Service, model: str, a: list[int], b: list[int],
-                  params: SamplingParams) -> tuple[Answers, Answers, EngineStats, EngineStats]:
+def _late_arrival(
+    service: Service, model: str, a: list[int], b: list[int], params: SamplingParams
+) -> tuple[Answers, Answers, EngineStats, EngineStats]:
     """A and B answered one after the other, then again with B submitted while A is mid-generation:
     (answers alone, answers together, engine stats before and after the second round)."""
     engine = service.engine
@@ -155,8 +164,9 @@ def test_encoder_decoder_arrivals_in_the_same_step_share_passes(service: Service
     before = engine.stats("bart-templated")
     sinks = [Collector(), Collector()]
     for text, sink in zip(["one", "two two"], sinks, strict=True):
-        engine.submit("bart-templated", Sequence(_tokens(service, "bart-templated", text),
-                                                 greedy(5, ignore_eos=True), sink))
+        engine.submit(
+            "bart-templated", Sequence(_tokens(service, "bart-templated", text), greedy(5, ignore_eos=True), sink)
+        )
     blocker.release()
     blocker.result()
     assert [s.result()[1].completion_tokens for s in sinks] == [5, 5]

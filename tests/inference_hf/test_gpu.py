@@ -29,10 +29,20 @@ def test_cuda_nf4_loads_on_the_gpu_and_answers(prepared: Path) -> None:
     engine = HFEngine(max_queue=4, observer=_Quiet())  # type: ignore[arg-type]
     engine.start()
     try:
-        full = engine.load(ModelSpec(id="full", source=str(prepared), device="cuda", dtype="float16"),
-                           str(prepared), max_batch_size=4, auto_8bit_above_bytes=4e9)
-        spec = ModelSpec(id="nf4", source=str(prepared), device="auto", quantization="4bit", dtype="float16",
-                         bnb_4bit=Bnb4bit(quant_type="nf4", double_quant=True, compute_dtype="float16"))
+        full = engine.load(
+            ModelSpec(id="full", source=str(prepared), device="cuda", dtype="float16"),
+            str(prepared),
+            max_batch_size=4,
+            auto_8bit_above_bytes=4e9,
+        )
+        spec = ModelSpec(
+            id="nf4",
+            source=str(prepared),
+            device="auto",
+            quantization="4bit",
+            dtype="float16",
+            bnb_4bit=Bnb4bit(quant_type="nf4", double_quant=True, compute_dtype="float16"),
+        )
         info = engine.load(spec, str(prepared), max_batch_size=4, auto_8bit_above_bytes=4e9)
         assert info.device.startswith("cuda") and info.quantization == "4bit-nf4"
         assert info.memory_bytes < full.memory_bytes / 2

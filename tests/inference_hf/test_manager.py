@@ -55,11 +55,21 @@ class Clock:
         return self.now
 
 
-def _manager(loader: FakeLoader, *ids: str, max_loaded: int = 2, keep_alive_s: float = 60,
-             clock: Clock | None = None) -> ModelManager:
+def _manager(
+    loader: FakeLoader, *ids: str, max_loaded: int = 2, keep_alive_s: float = 60, clock: Clock | None = None
+) -> ModelManager:
     specs = [ModelSpec(id=i, source=f"/models/{i}") for i in ids]
-    return ModelManager(specs, loader, cache_dir=Path("/nowhere"), max_loaded=max_loaded, keep_alive_s=keep_alive_s,
-                        max_batch_size=8, auto_8bit_above_bytes=4e9, retry_after_s=1, clock=clock or Clock())
+    return ModelManager(
+        specs,
+        loader,
+        cache_dir=Path("/nowhere"),
+        max_loaded=max_loaded,
+        keep_alive_s=keep_alive_s,
+        max_batch_size=8,
+        auto_8bit_above_bytes=4e9,
+        retry_after_s=1,
+        clock=clock or Clock(),
+    )
 
 
 async def test_start_preloads_what_fits() -> None:
@@ -172,8 +182,9 @@ async def test_concurrent_requests_share_one_load() -> None:
         lease.release()
 
 
-async def test_a_model_being_prepared_answers_503_with_retry_after(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
+async def test_a_model_being_prepared_answers_503_with_retry_after(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import inference_hf.manager as manager_module
 
     gguf = tmp_path / "m.gguf"
@@ -186,9 +197,16 @@ async def test_a_model_being_prepared_answers_503_with_retry_after(monkeypatch: 
 
     monkeypatch.setattr(manager_module, "prepare_gguf", slow_prepare)
     loader = FakeLoader()
-    manager = ModelManager([ModelSpec(id="g", gguf=str(gguf))], loader, cache_dir=tmp_path / "cache",
-                           max_loaded=1, keep_alive_s=60, max_batch_size=8, auto_8bit_above_bytes=4e9,
-                           retry_after_s=1)
+    manager = ModelManager(
+        [ModelSpec(id="g", gguf=str(gguf))],
+        loader,
+        cache_dir=tmp_path / "cache",
+        max_loaded=1,
+        keep_alive_s=60,
+        max_batch_size=8,
+        auto_8bit_above_bytes=4e9,
+        retry_after_s=1,
+    )
     start = asyncio.create_task(manager.start())
     await asyncio.sleep(0.05)
     assert manager.card("g")["state"]["status"] == "preparing"

@@ -14,8 +14,9 @@ from safetensors import safe_open
 from chat_common.bundled import bundled_gguf_path
 from inference_hf.prepare import MARKER, WEIGHTS, PrepareError, prepare_gguf
 
-REFERENCE = json.loads((Path(__file__).parents[1] / "inference_gguf" / "data" / "llama_server_reference.json")
-                       .read_text())
+REFERENCE = json.loads(
+    (Path(__file__).parents[1] / "inference_gguf" / "data" / "llama_server_reference.json").read_text()
+)
 
 
 def test_prepared_directory_is_a_plain_hf_model(prepared: Path) -> None:
@@ -42,8 +43,12 @@ def test_preparing_again_finds_the_directory(prepared: Path, cache_dir: Path) ->
 
 
 def test_prepare_command_line(prepared: Path, cache_dir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "inference_hf", "prepare", "--cache-dir", str(cache_dir)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_hf", "prepare", "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert f"{prepared}: already prepared" in done.stdout
 

@@ -9,8 +9,16 @@ from inference_hf.engine import sample_token
 
 
 def _params(**kw: object) -> SamplingParams:
-    base = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0, presence_penalty=0.0,
-                frequency_penalty=0.0, max_tokens=1)
+    base = dict(
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=0.0,
+        repeat_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        max_tokens=1,
+    )
     return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
 
 

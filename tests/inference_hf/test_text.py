@@ -9,8 +9,10 @@ import pytest
 from inference_hf.text import IncrementalDecoder
 
 
-@pytest.mark.parametrize("text", ["Hello world, how are you?", "héllo wörld — ça va? 🙂🚀 日本語のテキスト",
-                                  "  leading spaces\n\nand\ttabs  "])
+@pytest.mark.parametrize(
+    "text",
+    ["Hello world, how are you?", "héllo wörld — ça va? 🙂🚀 日本語のテキスト", "  leading spaces\n\nand\ttabs  "],
+)
 def test_token_by_token_text_adds_up_to_the_whole(prepared: Path, text: str) -> None:
     from transformers import AutoTokenizer
 

@@ -18,8 +18,19 @@ from chat_common.bundled import bundled_gguf_path
 from tests.services import ROOT, Service, free_port, start_service
 
 MODEL = "smollm2-135m-instruct"
-SEED_003_STOPS = ["</s>", "User:", "\nUser:", "Human:", "\nHuman:", "Question:", "\nQuestion:", "\n\n\n",
-                  "Example:", "Here's an", "Let me"]
+SEED_003_STOPS = [
+    "</s>",
+    "User:",
+    "\nUser:",
+    "Human:",
+    "\nHuman:",
+    "Question:",
+    "\nQuestion:",
+    "\n\n\n",
+    "Example:",
+    "Here's an",
+    "Let me",
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +41,41 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def inference(logs: Path) -> Iterator[Service]:
     config = logs / "models.yaml"
-    config.write_text(yaml.safe_dump({"models": [{
-        "id": "finetune-chat", "path": str(bundled_gguf_path()), "n_ctx": 2048,
-        "defaults": {"repeat_penalty": 1.1, "top_k": 40, "top_p": 0.9, "temperature": 0.5, "max_tokens": 150,
-                     "stop": SEED_003_STOPS}}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "id": "finetune-chat",
+                        "path": str(bundled_gguf_path()),
+                        "n_ctx": 2048,
+                        "defaults": {
+                            "repeat_penalty": 1.1,
+                            "top_k": 40,
+                            "top_p": 0.9,
+                            "temperature": 0.5,
+                            "max_tokens": 150,
+                            "stop": SEED_003_STOPS,
+                        },
+                    }
+                ]
+            }
+        )
+    )
     port = free_port()
-    service = start_service("inference-gguf", ["-m", "inference_gguf"], {
-        "INFERENCE_GGUF_PORT": str(port), "INFERENCE_GGUF_MODELS_DIR": str(logs / "no-models"),
-        "INFERENCE_GGUF_MODELS_CONFIG": str(config), "INFERENCE_GGUF_MAX_QUEUE": "2",
-        "INFERENCE_GGUF_N_THREADS": "2"}, port, logs)
+    service = start_service(
+        "inference-gguf",
+        ["-m", "inference_gguf"],
+        {
+            "INFERENCE_GGUF_PORT": str(port),
+            "INFERENCE_GGUF_MODELS_DIR": str(logs / "no-models"),
+            "INFERENCE_GGUF_MODELS_CONFIG": str(config),
+            "INFERENCE_GGUF_MAX_QUEUE": "2",
+            "INFERENCE_GGUF_N_THREADS": "2",
+        },
+        port,
+        logs,
+    )
     yield service
     service.stop()
 
@@ -46,8 +83,13 @@ def inference(logs: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def history(logs: Path) -> Iterator[Service]:
     port = free_port()
-    service = start_service("history", ["-m", "history"], {
-        "HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")}, port, logs)
+    service = start_service(
+        "history",
+        ["-m", "history"],
+        {"HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")},
+        port,
+        logs,
+    )
     yield service
     service.stop()
 
@@ -55,11 +97,29 @@ def history(logs: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def retriever(logs: Path) -> Iterator[Service]:
     port = free_port()
-    service = start_service("retriever", ["-m", "retriever"], {
-        "RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(logs / "retriever")}, port, logs)
+    service = start_service(
+        "retriever",
+        ["-m", "retriever"],
+        {"RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(logs / "retriever")},
+        port,
+        logs,
+    )
     ingest = subprocess.run(
-        [sys.executable, "-m", "retriever", "ingest", "it-support", "data/it-support/articles.jsonl",
-         "--url", service.url], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "retriever",
+            "ingest",
+            "it-support",
+            "data/it-support/articles.jsonl",
+            "--url",
+            service.url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     yield service
     service.stop()
@@ -68,10 +128,19 @@ def retriever(logs: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def gateway(inference: Service, history: Service, retriever: Service, logs: Path) -> Iterator[Service]:
     port = free_port()
-    service = start_service("gateway", ["-m", "gateway"], {
-        "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}',
-        "GATEWAY_HISTORY_URL": history.url, "GATEWAY_RETRIEVER_URL": retriever.url,
-        "GATEWAY_FINETUNE_MODEL": "finetune-chat"}, port, logs)
+    service = start_service(
+        "gateway",
+        ["-m", "gateway"],
+        {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}',
+            "GATEWAY_HISTORY_URL": history.url,
+            "GATEWAY_RETRIEVER_URL": retriever.url,
+            "GATEWAY_FINETUNE_MODEL": "finetune-chat",
+        },
+        port,
+        logs,
+    )
     yield service
     service.stop()
 

@@ -45,16 +45,23 @@ def test_models_of_the_service_are_listed(client: openai.OpenAI) -> None:
     assert ids == {MODEL: "inference-gguf", "finetune-chat": "inference-gguf"}
 
 
-def test_non_streamed_answer_and_usage(client: openai.OpenAI, gateway: Service, inference: Service,
-                                       france: dict[str, Any]) -> None:
+def test_non_streamed_answer_and_usage(
+    client: openai.OpenAI, gateway: Service, inference: Service, france: dict[str, Any]
+) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
-        extra_headers={"X-Request-ID": "sdk-non-stream-1"})
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=60,
+        extra_headers={"X-Request-ID": "sdk-non-stream-1"},
+    )
     assert response.choices[0].message.content == france["content"]
     assert response.choices[0].finish_reason == "stop"
     assert response.usage is not None
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (
-        france["usage"]["prompt_tokens"], france["usage"]["completion_tokens"])
+        france["usage"]["prompt_tokens"],
+        france["usage"]["completion_tokens"],
+    )
     for service in (gateway, inference):  # the request id crossed both hops and is in both JSON logs
         lines = [json.loads(line) for line in service.log().splitlines() if "sdk-non-stream-1" in line]
         assert any(line.get("route") == "/v1/chat/completions" and line["status"] == 200 for line in lines)
@@ -62,8 +69,13 @@ def test_non_streamed_answer_and_usage(client: openai.OpenAI, gateway: Service, 
 
 def test_streamed_answer_is_the_same_text(client: openai.OpenAI, france: dict[str, Any]) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=60,
-        stream=True, stream_options={"include_usage": True})
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=60,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -80,7 +92,7 @@ def test_stop_sequences_and_max_tokens(client: openai.OpenAI) -> None:
     words = whole.split()
     stop = words[len(words) // 2]  # a word from the middle of the answer: it ends at its first occurrence
     stopped = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, stop=[stop, "never"])
-    assert stopped.choices[0].message.content == whole[:whole.index(stop)] != ""
+    assert stopped.choices[0].message.content == whole[: whole.index(stop)] != ""
     assert stopped.choices[0].finish_reason == "stop"
     limited = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
     assert limited.choices[0].finish_reason == "length"
@@ -90,8 +102,11 @@ def test_stop_sequences_and_max_tokens(client: openai.OpenAI) -> None:
 def test_per_model_defaults_apply(client: openai.OpenAI) -> None:
     """'finetune-chat' carries seed 003's defaults, max_tokens 150 among them."""
     response = client.chat.completions.create(
-        model="finetune-chat", messages=[{"role": "user", "content": "Tell me about the sea."}],
-        stop=[], extra_body={"ignore_eos": True})
+        model="finetune-chat",
+        messages=[{"role": "user", "content": "Tell me about the sea."}],
+        stop=[],
+        extra_body={"ignore_eos": True},
+    )
     assert response.usage is not None and response.usage.completion_tokens == 150
     assert response.choices[0].finish_reason == "length"
 
@@ -122,8 +137,13 @@ def test_a_prompt_longer_than_the_context_is_refused_with_counts(client: openai.
 def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference: Service) -> None:
     cancelled = _metric(inference, "inference_gguf_requests_total", finish_reason="cancelled")
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count to ten thousand."}], max_tokens=4000,
-        stream=True, extra_body={"ignore_eos": True}, extra_headers={"X-Request-ID": "disconnect-test-1"})
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to ten thousand."}],
+        max_tokens=4000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+        extra_headers={"X-Request-ID": "disconnect-test-1"},
+    )
     for _, _chunk in zip(range(5), stream, strict=False):
         pass
     stream.close()  # the client goes away mid-stream
@@ -135,21 +155,31 @@ def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference
     tokens = _metric(inference, "inference_gguf_generation_tokens_total")
     time.sleep(0.5)
     assert _metric(inference, "inference_gguf_generation_tokens_total") == tokens  # nothing decodes any more
-    line = next(json.loads(line) for line in inference.log().splitlines()
-                if "disconnect-test-1" in line and "generation finished" in line)
+    line = next(
+        json.loads(line)
+        for line in inference.log().splitlines()
+        if "disconnect-test-1" in line and "generation finished" in line
+    )
     assert line["finish_reason"] == "cancelled"
     assert line["completion_tokens"] < 1000  # stopped long before max_tokens=4000
 
 
 async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> None:
     """The service under test keeps at most 2 waiting requests (INFERENCE_GGUF_MAX_QUEUE=2)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 3000,
-            "stream": True, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "ignore_eos": True,
+    }
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         running = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
         await running.aiter_raw().__anext__()  # the first one is generating
-        waiting = [await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
-                   for _ in range(2)]
+        waiting = [
+            await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+            for _ in range(2)
+        ]
         refused = await http.post("/v1/chat/completions", json=body)
         for response in (running, *waiting):
             await response.aclose()
@@ -162,8 +192,13 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> No
 def test_a_dead_upstream_is_a_503_that_names_it(logs: Path) -> None:
     port, gw_port = free_port(), free_port()
     fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(port)], {}, port, logs)
-    gw = start_service("gateway", ["-m", "gateway"], {
-        "GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": f'{{"inference-fake": ["{fake.url}"]}}'}, gw_port, logs)
+    gw = start_service(
+        "gateway",
+        ["-m", "gateway"],
+        {"GATEWAY_PORT": str(gw_port), "GATEWAY_SERVICES": f'{{"inference-fake": ["{fake.url}"]}}'},
+        gw_port,
+        logs,
+    )
     try:
         sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
         assert sdk.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])

@@ -18,8 +18,12 @@ QUESTION = "I forgot my password. How can I reset it myself?"
 
 def test_a_non_streamed_answer_carries_its_sources(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48,
-        extra_body={"retrieval": {"collection": "it-support", "top_k": 3}})
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=48,
+        extra_body={"retrieval": {"collection": "it-support", "top_k": 3}},
+    )
     assert response.choices[0].message.content
     sources = (response.model_extra or {})["sources"]
     assert [s["index"] for s in sources] == [1, 2, 3]
@@ -29,9 +33,16 @@ def test_a_non_streamed_answer_carries_its_sources(client: openai.OpenAI) -> Non
 
 
 def test_a_streamed_answer_ends_with_a_sources_chunk(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "The VPN client will not connect, what can I check?"}],
-        temperature=0, max_tokens=32, stream=True, extra_body={"retrieval": "it-support"}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "The VPN client will not connect, what can I check?"}],
+            temperature=0,
+            max_tokens=32,
+            stream=True,
+            extra_body={"retrieval": "it-support"},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
     last = chunks[-1]
@@ -42,9 +53,15 @@ def test_a_streamed_answer_ends_with_a_sources_chunk(client: openai.OpenAI) -> N
 
 
 def test_the_it_support_route_answers_from_the_knowledge_base(gateway: Service) -> None:
-    response = httpx.post(f"{gateway.url}/api/v1/chat/", json={
-        "query": "I forgot my password, how do I reset it? My password was Summer2024!", "top_k": 3, "max_tokens": 60},
-        timeout=120)
+    response = httpx.post(
+        f"{gateway.url}/api/v1/chat/",
+        json={
+            "query": "I forgot my password, how do I reset it? My password was Summer2024!",
+            "top_k": 3,
+            "max_tokens": 60,
+        },
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["response"] and "Summer2024" not in body["response"]

@@ -19,12 +19,25 @@ from tests.retriever.conftest import Client, error
 from tests.retriever.test_seed_import import RECORDS, SEED_CONFIG, seed_files
 
 DOCS = [
-    {"id": "vpn-1", "title": "VPN on hotel Wi-Fi", "text": "Open the hotel's sign-in page first, then start the VPN.",
-     "metadata": {"category": "vpn", "tags": ["travel", "wifi"]}},
-    {"id": "print-1", "title": "Paper jam", "text": "Open tray 2 and pull the jammed sheet out gently.",
-     "source": "https://kb.example/print-1", "metadata": {"category": "printers"}},
-    {"id": "mail-1", "title": "Mailbox full", "text": "Archive old mail or empty the Deleted Items folder.",
-     "metadata": {"category": "email", "tags": ["quota"]}},
+    {
+        "id": "vpn-1",
+        "title": "VPN on hotel Wi-Fi",
+        "text": "Open the hotel's sign-in page first, then start the VPN.",
+        "metadata": {"category": "vpn", "tags": ["travel", "wifi"]},
+    },
+    {
+        "id": "print-1",
+        "title": "Paper jam",
+        "text": "Open tray 2 and pull the jammed sheet out gently.",
+        "source": "https://kb.example/print-1",
+        "metadata": {"category": "printers"},
+    },
+    {
+        "id": "mail-1",
+        "title": "Mailbox full",
+        "text": "Archive old mail or empty the Deleted Items folder.",
+        "metadata": {"category": "email", "tags": ["quota"]},
+    },
 ]
 
 
@@ -32,31 +45,49 @@ async def test_collection_lifecycle(client: Client) -> None:
     async with client() as http:
         created = await http.put("/v1/collections/notes", json={"chunk_size": 400, "chunk_overlap": 40})
         assert created.status_code == 201
-        assert created.json() == {"name": "notes", "embedder": "all-minilm-l6-v2", "dimension": 384, "documents": 0,
-                                  "chunks": 0, "index": "flat", "index_mode": "auto", "chunk_size": 400,
-                                  "chunk_overlap": 40}
+        assert created.json() == {
+            "name": "notes",
+            "embedder": "all-minilm-l6-v2",
+            "dimension": 384,
+            "documents": 0,
+            "chunks": 0,
+            "index": "flat",
+            "index_mode": "auto",
+            "chunk_size": 400,
+            "chunk_overlap": 40,
+        }
         same = await http.put("/v1/collections/notes", json={"chunk_size": 400})
         assert same.status_code == 200 and same.json() == created.json()
         assert (await http.put("/v1/collections/notes")).status_code == 200  # no body: any settings will do
         conflict = await http.put("/v1/collections/notes", json={"chunk_size": 500})
         assert conflict.status_code == 409
-        assert error(conflict)["message"] == ("The collection 'notes' already exists with chunk_size 400 (asked 500). "
-                                              "Delete it first to change its settings, or leave those fields out.")
+        assert error(conflict)["message"] == (
+            "The collection 'notes' already exists with chunk_size 400 (asked 500). "
+            "Delete it first to change its settings, or leave those fields out."
+        )
 
         upserted = await http.post("/v1/collections/notes/documents", json={"documents": DOCS})
         assert upserted.status_code == 200 and upserted.json() == {"upserted": 3, "unchanged": 0, "chunks": 3}
         listed = (await http.get("/v1/collections")).json()
         assert listed["object"] == "list" and [(c["name"], c["documents"], c["chunks"]) for c in listed["data"]] == [
-            ("notes", 3, 3)]
+            ("notes", 3, 3)
+        ]
 
         found = await http.post("/v1/collections/notes/search", json={"query": "printer jammed"})
         body = found.json()
         assert body["object"] == "list" and body["collection"] == "notes" and len(body["data"]) == 3
-        assert body["data"][0] == {"doc_id": "print-1", "chunk_id": "print-1#0", "text": DOCS[1]["text"],
-                                   "title": "Paper jam", "source": "https://kb.example/print-1",
-                                   "score": body["data"][0]["score"], "metadata": {"category": "printers"}}
-        travel = await http.post("/v1/collections/notes/search",
-                                 json={"query": "printer jammed", "top_k": 2, "filter": {"tags": "travel"}})
+        assert body["data"][0] == {
+            "doc_id": "print-1",
+            "chunk_id": "print-1#0",
+            "text": DOCS[1]["text"],
+            "title": "Paper jam",
+            "source": "https://kb.example/print-1",
+            "score": body["data"][0]["score"],
+            "metadata": {"category": "printers"},
+        }
+        travel = await http.post(
+            "/v1/collections/notes/search", json={"query": "printer jammed", "top_k": 2, "filter": {"tags": "travel"}}
+        )
         assert [hit["doc_id"] for hit in travel.json()["data"]] == ["vpn-1"]
 
         deleted = await http.delete("/v1/collections/notes/documents/print-1")
@@ -80,22 +111,28 @@ async def test_hnsw_collection_over_http(client: Client) -> None:
         await http.delete("/v1/collections/graph/documents/mail-1")
         hits = (await http.post("/v1/collections/graph/search", json={"query": "mailbox is full", "top_k": 5})).json()
         assert {hit["doc_id"] for hit in hits["data"]} == {"vpn-1", "print-1"}  # the tombstone never shows
-        only = await http.post("/v1/collections/graph/search",
-                               json={"query": "mailbox is full", "top_k": 1, "filter": {"category": "printers"}})
+        only = await http.post(
+            "/v1/collections/graph/search",
+            json={"query": "mailbox is full", "top_k": 1, "filter": {"category": "printers"}},
+        )
         assert [hit["doc_id"] for hit in only.json()["data"]] == ["print-1"]
 
 
-@pytest.mark.parametrize(("body", "param", "message"), [
-    ({"query": "hi", "top_k": 0}, "top_k", "Input should be greater than or equal to 1"),
-    ({"query": "hi", "top_k": 21}, "top_k", "Input should be less than or equal to 20"),
-    ({"query": ""}, "query", "String should have at least 1 character"),
-    ({"query": "   "}, "query", "must not be blank"),
-    ({"query": "hi", "filter": {"tags": ["a"]}}, "filter", "a list is ambiguous"),
-    ({"query": "hi", "score_threshold": 2}, "score_threshold", "less than or equal to 1"),
-    ({"query": "hi", "k": 3}, "k", "Extra inputs are not permitted"),
-])
-async def test_bad_searches_are_400_in_the_envelope(client: Client, kb_copy: Path, body: dict[str, Any],
-                                                    param: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"query": "hi", "top_k": 0}, "top_k", "Input should be greater than or equal to 1"),
+        ({"query": "hi", "top_k": 21}, "top_k", "Input should be less than or equal to 20"),
+        ({"query": ""}, "query", "String should have at least 1 character"),
+        ({"query": "   "}, "query", "must not be blank"),
+        ({"query": "hi", "filter": {"tags": ["a"]}}, "filter", "a list is ambiguous"),
+        ({"query": "hi", "score_threshold": 2}, "score_threshold", "less than or equal to 1"),
+        ({"query": "hi", "k": 3}, "k", "Extra inputs are not permitted"),
+    ],
+)
+async def test_bad_searches_are_400_in_the_envelope(
+    client: Client, kb_copy: Path, body: dict[str, Any], param: str, message: str
+) -> None:
     async with client(data_dir=kb_copy) as http:
         response = await http.post("/v1/collections/kb/search", json=body)
         assert response.status_code == 400
@@ -119,8 +156,9 @@ async def test_unknown_collections_and_bad_input_change_nothing(client: Client, 
         assert refused.status_code == 400 and error(refused)["param"] == "documents.1.text"
         twice = await http.post("/v1/collections/kb/documents", json={"documents": [DOCS[0], DOCS[0]]})
         assert twice.status_code == 400 and "appears more than once" in error(twice)["message"]
-        not_json = await http.post("/v1/collections/kb/documents", content=b"{nope",
-                                   headers={"content-type": "application/json"})
+        not_json = await http.post(
+            "/v1/collections/kb/documents", content=b"{nope", headers={"content-type": "application/json"}
+        )
         assert not_json.status_code == 400
         bad_name = await http.put("/v1/collections/bad name!")
         assert bad_name.status_code == 400 and error(bad_name)["param"] == "name"
@@ -135,8 +173,12 @@ async def test_unknown_collections_and_bad_input_change_nothing(client: Client, 
 async def test_embeddings_with_the_openai_sdk(client: Client, embedder: Embedder) -> None:
     async with client() as http:
         transport = http._transport
-        sdk = openai.AsyncOpenAI(base_url="http://retriever/v1", api_key="unused", max_retries=0,
-                                 http_client=httpx.AsyncClient(transport=transport, base_url="http://retriever"))
+        sdk = openai.AsyncOpenAI(
+            base_url="http://retriever/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=transport, base_url="http://retriever"),
+        )
         texts = ["hello world", "How do I reset my NWL password?"]
         result = await sdk.embeddings.create(model="all-minilm-l6-v2", input=texts)  # the SDK asks for base64
         assert [item.index for item in result.data] == [0, 1] and result.model == "all-minilm-l6-v2"
@@ -148,8 +190,12 @@ async def test_embeddings_with_the_openai_sdk(client: Client, embedder: Embedder
 
         floats = await sdk.embeddings.create(model="all-minilm-l6-v2", input="hello world", encoding_format="float")
         assert np.allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
-        raw = (await http.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64",
-                                                        "user": "u1", "some_new_field": True})).json()
+        raw = (
+            await http.post(
+                "/v1/embeddings",
+                json={"input": "hello world", "encoding_format": "base64", "user": "u1", "some_new_field": True},
+            )
+        ).json()
         decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
         assert raw["object"] == "list" and raw["data"][0]["object"] == "embedding"
         # The same single input, sent as base64 and as floats: the same float32 values, bit for bit. (Against the
@@ -170,16 +216,26 @@ async def test_embeddings_with_the_openai_sdk(client: Client, embedder: Embedder
 
 async def test_seed_import_over_multipart(client: Client, embedder: Embedder, tmp_path: Path) -> None:
     index, metadata, config = seed_files(tmp_path / "seed", embedder, SEED_CONFIG)
-    files = {"index": (index.name, index.read_bytes()), "metadata": (metadata.name, metadata.read_bytes()),
-             "config": (config.name, config.read_bytes())}
+    files = {
+        "index": (index.name, index.read_bytes()),
+        "metadata": (metadata.name, metadata.read_bytes()),
+        "config": (config.name, config.read_bytes()),
+    }
     async with client() as http:
         missing = await http.post("/v1/collections/seed/import", files=files)
         assert missing.status_code == 404
         await http.put("/v1/collections/seed")
         imported = await http.post("/v1/collections/seed/import", files=files)
         assert imported.status_code == 200, imported.text
-        assert imported.json() == {"collection": "seed", "documents": 4, "upserted": 4, "unchanged": 0, "chunks": 4,
-                                   "vectors": "reused", "note": imported.json()["note"]}
+        assert imported.json() == {
+            "collection": "seed",
+            "documents": 4,
+            "upserted": 4,
+            "unchanged": 0,
+            "chunks": 4,
+            "vectors": "reused",
+            "note": imported.json()["note"],
+        }
         hit = (await http.post("/v1/collections/seed/search", json={"query": "full mailbox", "top_k": 1})).json()
         assert hit["data"][0]["title"] == RECORDS[2]["question"]
 

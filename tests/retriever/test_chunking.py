@@ -17,7 +17,7 @@ def check_chunks(text: str, chunks: list[Chunk], size: int, overlap: int) -> Non
     assert chunks
     covered = [False] * len(text)
     for chunk in chunks:
-        assert chunk.text == text[chunk.start:chunk.end]
+        assert chunk.text == text[chunk.start : chunk.end]
         assert 0 < len(chunk.text) <= size
         assert chunk.text == chunk.text.strip()
         assert chunk.start == 0 or text[chunk.start - 1].isspace()

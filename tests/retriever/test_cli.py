@@ -24,15 +24,26 @@ pytestmark = pytest.mark.integration
 def retriever(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     logs = tmp_path_factory.mktemp("retriever-service")
     port = free_port()
-    service = start_service("retriever", ["-m", "retriever"], {
-        "RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(logs / "data")}, port, logs)
+    service = start_service(
+        "retriever",
+        ["-m", "retriever"],
+        {"RETRIEVER_PORT": str(port), "RETRIEVER_DATA_DIR": str(logs / "data")},
+        port,
+        logs,
+    )
     yield service
     service.stop()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "retriever", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "retriever", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def write(path: Path, text: str) -> None:
@@ -42,28 +53,46 @@ def write(path: Path, text: str) -> None:
 
 def test_ingest_shows_progress_and_documents_become_searchable(retriever: Service, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
-    write(docs / "guides" / "badge.md", "# Lost badge\n\nReport a lost badge at reception; a temporary one is "
-          "issued the same day.\n")
+    write(
+        docs / "guides" / "badge.md",
+        "# Lost badge\n\nReport a lost badge at reception; a temporary one is issued the same day.\n",
+    )
     write(docs / "guides" / "coffee.md", "# Coffee machine\n\nDescale it every Friday with the blue bottle.\n")
     write(docs / "parking.txt", "Visitor parking is on level -2. Ask reception for a ticket.\n")
-    write(docs / "faq.jsonl", "\n".join(json.dumps(d) for d in [
-        {"id": "faq-1", "title": "Printer", "text": "Printer jams: open tray 2.", "metadata": {"area": "print"}},
-        {"id": "faq-2", "text": "The canteen opens at 11:30.", "metadata": {"area": "food"}}]) + "\n")
+    write(
+        docs / "faq.jsonl",
+        "\n".join(
+            json.dumps(d)
+            for d in [
+                {
+                    "id": "faq-1",
+                    "title": "Printer",
+                    "text": "Printer jams: open tray 2.",
+                    "metadata": {"area": "print"},
+                },
+                {"id": "faq-2", "text": "The canteen opens at 11:30.", "metadata": {"area": "food"}},
+            ]
+        )
+        + "\n",
+    )
     write(docs / "more.csv", "id,title,text,area\ncsv-1,Wi-Fi,Guest Wi-Fi password is at reception.,network\n")
 
     first = cli("ingest", "docs", str(docs), "--url", retriever.url, "--batch", "2")
     assert first.returncode == 0, first.stderr
     assert "created collection 'docs'" in first.stderr
     assert "ingest docs: 100%" in first.stderr and "6/6" in first.stderr  # tqdm's bar, on stderr
-    assert first.stdout.strip() == ("ingested 6 documents from 5 file(s) into 'docs': 6 added or changed, "
-                                    "0 unchanged, 6 chunks embedded")
+    assert first.stdout.strip() == (
+        "ingested 6 documents from 5 file(s) into 'docs': 6 added or changed, 0 unchanged, 6 chunks embedded"
+    )
 
-    hits = httpx.post(f"{retriever.url}/v1/collections/docs/search",
-                      json={"query": "I lost my badge", "top_k": 1}).json()["data"]
-    assert (hits[0]["doc_id"], hits[0]["title"], hits[0]["source"]) == ("guides/badge", "Lost badge",
-                                                                         "guides/badge.md")
-    csv_hit = httpx.post(f"{retriever.url}/v1/collections/docs/search",
-                         json={"query": "guest wifi", "top_k": 1, "filter": {"area": "network"}}).json()["data"]
+    hits = httpx.post(
+        f"{retriever.url}/v1/collections/docs/search", json={"query": "I lost my badge", "top_k": 1}
+    ).json()["data"]
+    assert (hits[0]["doc_id"], hits[0]["title"], hits[0]["source"]) == ("guides/badge", "Lost badge", "guides/badge.md")
+    csv_hit = httpx.post(
+        f"{retriever.url}/v1/collections/docs/search",
+        json={"query": "guest wifi", "top_k": 1, "filter": {"area": "network"}},
+    ).json()["data"]
     assert csv_hit[0]["doc_id"] == "csv-1"
 
     again = cli("ingest", "docs", str(docs), "--url", retriever.url)
@@ -92,11 +121,23 @@ def test_errors_say_what_to_do_next(retriever: Service, tmp_path: Path) -> None:
 
 def test_import_seed_command(retriever: Service, embedder: Embedder, tmp_path: Path) -> None:
     index, metadata, config = seed_files(tmp_path, embedder, SEED_CONFIG)
-    done = cli("import-seed", "it-support", "--index", str(index), "--metadata", str(metadata), "--config",
-               str(config), "--url", retriever.url)
+    done = cli(
+        "import-seed",
+        "it-support",
+        "--index",
+        str(index),
+        "--metadata",
+        str(metadata),
+        "--config",
+        str(config),
+        "--url",
+        retriever.url,
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("imported 4 records into 'it-support': 4 added or changed, 0 unchanged, 4 chunks; "
-                                  "reused the seed's vectors")
-    hits = httpx.post(f"{retriever.url}/v1/collections/it-support/search",
-                      json={"query": "VPN", "top_k": 1}).json()["data"]
+    assert done.stdout.startswith(
+        "imported 4 records into 'it-support': 4 added or changed, 0 unchanged, 4 chunks; reused the seed's vectors"
+    )
+    hits = httpx.post(f"{retriever.url}/v1/collections/it-support/search", json={"query": "VPN", "top_k": 1}).json()[
+        "data"
+    ]
     assert hits[0]["doc_id"] == "seed-00001"

@@ -32,9 +32,15 @@ def queries(n: int, seed: int = 7) -> np.ndarray:
 
 
 def docs(n: int, start: int = 0) -> list[DocumentIn]:
-    return [DocumentIn(id=f"d{i:04d}", text=f"document number {i} says something", title=f"Doc {i}",
-                       metadata={"group": f"g{i % 5}", "tags": ["even" if i % 2 == 0 else "odd", f"t{i % 7}"]})
-            for i in range(start, start + n)]
+    return [
+        DocumentIn(
+            id=f"d{i:04d}",
+            text=f"document number {i} says something",
+            title=f"Doc {i}",
+            metadata={"group": f"g{i % 5}", "tags": ["even" if i % 2 == 0 else "odd", f"t{i % 7}"]},
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def upsert(collection: Collection, documents: list[DocumentIn]):  # type: ignore[no-untyped-def]
@@ -49,8 +55,10 @@ def make(tmp_path: Path, name: str, mode: str = "auto", policy: IndexPolicy | No
 
 
 def results(collection: Collection, top_k: int = 10, **search: object) -> list[list[tuple[str, float]]]:
-    return [[(hit.chunk_id, hit.score) for hit in collection.search(q, top_k, **search)]  # type: ignore[arg-type]
-            for q in queries(12)]
+    return [
+        [(hit.chunk_id, hit.score) for hit in collection.search(q, top_k, **search)]  # type: ignore[arg-type]
+        for q in queries(12)
+    ]
 
 
 def ids(found: list[list[tuple[str, float]]]) -> list[list[str]]:
@@ -75,10 +83,16 @@ def test_upsert_sorts_unchanged_metadata_only_and_changed(tmp_path: Path) -> Non
     assert len(plan.inputs) == 1  # only the reworded one is embedded
     result = upsert(collection, retagged)
     assert (result.upserted, result.unchanged, result.chunks) == (2, 1, 1)
-    assert collection.search(vector_of("Doc 0\n\ndocument number 0 says something"), 1,
-                             parse_filter({"group": "new"}))[0].doc_id == "d0000"
-    assert collection.search(vector_of("Doc 0\n\ndocument number 0 says something"), 3,
-                             parse_filter({"group": "g0"})) == []
+    assert (
+        collection.search(vector_of("Doc 0\n\ndocument number 0 says something"), 1, parse_filter({"group": "new"}))[
+            0
+        ].doc_id
+        == "d0000"
+    )
+    assert (
+        collection.search(vector_of("Doc 0\n\ndocument number 0 says something"), 3, parse_filter({"group": "g0"}))
+        == []
+    )
     top = collection.search(vector_of("Doc 1\n\nentirely different words now"), 1)[0]
     assert (top.doc_id, top.text) == ("d0001", "entirely different words now")
     assert collection.info().chunks == 3 and collection.info().documents == 3
@@ -207,8 +221,9 @@ def test_restart_gives_identical_results(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "older generation", "garbage"])
-def test_missing_stale_or_broken_index_file_is_rebuilt(tmp_path: Path, damage: str,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_stale_or_broken_index_file_is_rebuilt(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     collection = make(tmp_path, "c", "flat")
     upsert(collection, docs(40))
     collection.flush()

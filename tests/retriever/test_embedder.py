@@ -38,8 +38,9 @@ async def test_batches_by_length_but_answers_in_the_order_given(embedder: Embedd
     assert list(similarity.argmax(axis=1)) == list(range(len(TEXTS)))
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-4)
     tokenizer = embedder._model.tokenizer
-    assert tokens == [len(tokenizer(text, truncation=True, max_length=embedder.max_tokens)["input_ids"])
-                      for text in TEXTS]
+    assert tokens == [
+        len(tokenizer(text, truncation=True, max_length=embedder.max_tokens)["input_ids"]) for text in TEXTS
+    ]
     assert tokens[0] < tokens[1]  # "VPN" vs a long question: the counts really are per text
 
 
@@ -63,8 +64,9 @@ def test_encode_gives_what_sentence_transformers_gives(embedder: Embedder) -> No
     assert embedder.encode(["VPN"]).shape == (1, embedder.dimension)
 
 
-def test_onnx_backend_gives_the_same_vectors_and_exports_once(embedder: Embedder, tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_onnx_backend_gives_the_same_vectors_and_exports_once(
+    embedder: Embedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     onnx_dir = tmp_path / "onnx"
     caplog.set_level(logging.INFO, logger="retriever.onnx_backend")
     first = Embedder(embedder.id, embedder.path, onnx_dir=onnx_dir)
@@ -84,8 +86,9 @@ def test_onnx_backend_gives_the_same_vectors_and_exports_once(embedder: Embedder
     np.testing.assert_array_equal(second.encode(["VPN"]), first.encode(["VPN"]))
 
 
-def test_a_model_that_cannot_run_in_onnx_runtime_stays_on_torch(embedder: Embedder, tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_model_that_cannot_run_in_onnx_runtime_stays_on_torch(
+    embedder: Embedder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the export folder should be")
     fallback = Embedder(embedder.id, embedder.path, onnx_dir=blocked)

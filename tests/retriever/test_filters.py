@@ -43,13 +43,16 @@ def test_removal_leaves_no_stale_ids() -> None:
     assert index.match(parse_filter({"tags": "NWL Connect"})) == set()
 
 
-@pytest.mark.parametrize(("conditions", "message"), [
-    ({"tags": ["a", "b"]}, "use {\"\\$in\""),
-    ({"level": {"$gt": 1}}, "unsupported operator"),
-    ({"$or": [{"a": 1}]}, "not a metadata key"),
-    ({"level": {"$in": []}}, "list of 1 to"),
-    ({"level": {"$in": [{"x": 1}]}}, "not a string, number, boolean or null"),
-])
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        ({"tags": ["a", "b"]}, 'use {"\\$in"'),
+        ({"level": {"$gt": 1}}, "unsupported operator"),
+        ({"$or": [{"a": 1}]}, "not a metadata key"),
+        ({"level": {"$in": []}}, "list of 1 to"),
+        ({"level": {"$in": [{"x": 1}]}}, "not a string, number, boolean or null"),
+    ],
+)
 def test_malformed_filters_say_what_to_send(conditions: dict[str, object], message: str) -> None:
     with pytest.raises(FilterError, match=message):
         parse_filter(conditions)

@@ -17,22 +17,33 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_jsonl_records_keep_their_fields(tmp_path: Path) -> None:
-    path = write(tmp_path / "kb.jsonl", "\n".join([
-        json.dumps({"id": "a", "text": "Alpha text", "title": "Alpha", "metadata": {"tags": ["x", "y"]}}),
-        "",
-        json.dumps({"id": 7, "text": "Seven", "source": "https://example.test/7"}),
-    ]) + "\n")
+    path = write(
+        tmp_path / "kb.jsonl",
+        "\n".join(
+            [
+                json.dumps({"id": "a", "text": "Alpha text", "title": "Alpha", "metadata": {"tags": ["x", "y"]}}),
+                "",
+                json.dumps({"id": 7, "text": "Seven", "source": "https://example.test/7"}),
+            ]
+        )
+        + "\n",
+    )
     docs = read_documents([path]).documents
     assert [(d.id, d.title, d.source, d.metadata) for d in docs] == [
-        ("a", "Alpha", "kb.jsonl", {"tags": ["x", "y"]}), ("7", None, "https://example.test/7", {})]
+        ("a", "Alpha", "kb.jsonl", {"tags": ["x", "y"]}),
+        ("7", None, "https://example.test/7", {}),
+    ]
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("{not json", "kb.jsonl:2: not JSON"),
-    (json.dumps({"id": "b", "text": "t", "body": "?"}), "kb.jsonl:2: unknown field(s) body"),
-    (json.dumps({"id": "b", "text": "   "}), "kb.jsonl:2: text: Value error, must not be blank"),
-    (json.dumps(["id", "text"]), "kb.jsonl:2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{not json", "kb.jsonl:2: not JSON"),
+        (json.dumps({"id": "b", "text": "t", "body": "?"}), "kb.jsonl:2: unknown field(s) body"),
+        (json.dumps({"id": "b", "text": "   "}), "kb.jsonl:2: text: Value error, must not be blank"),
+        (json.dumps(["id", "text"]), "kb.jsonl:2: expected a JSON object"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path: Path, line: str, expected: str) -> None:
     path = write(tmp_path / "kb.jsonl", json.dumps({"id": "a", "text": "fine"}) + "\n" + line + "\n")
     with pytest.raises(LoadError) as caught:
@@ -41,9 +52,12 @@ def test_jsonl_errors_name_file_and_line(tmp_path: Path, line: str, expected: st
 
 
 def test_csv_extra_columns_become_metadata(tmp_path: Path) -> None:
-    path = write(tmp_path / "faq.csv", 'id,title,text,category,owner\n'
-                 'q1,Printer,"Jams: open tray 2, then ""pull"".",printers,\n'
-                 'q2,,Plain answer,vpn,ops\n')
+    path = write(
+        tmp_path / "faq.csv",
+        "id,title,text,category,owner\n"
+        'q1,Printer,"Jams: open tray 2, then ""pull"".",printers,\n'
+        "q2,,Plain answer,vpn,ops\n",
+    )
     docs = read_documents([path]).documents
     assert docs[0].text == 'Jams: open tray 2, then "pull".'
     assert (docs[0].title, docs[0].metadata, docs[0].source) == ("Printer", {"category": "printers"}, "faq.csv")

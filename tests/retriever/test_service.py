@@ -15,8 +15,9 @@ from tests.retriever.conftest import ServiceFactory
 
 
 def embedded_texts(service: RetrieverService) -> float:
-    value = service.metrics.registry.get_sample_value("retriever_embedded_texts_total",
-                                                      {"embedder": "all-minilm-l6-v2"})
+    value = service.metrics.registry.get_sample_value(
+        "retriever_embedded_texts_total", {"embedder": "all-minilm-l6-v2"}
+    )
     return value or 0.0
 
 
@@ -68,8 +69,9 @@ async def test_score_threshold_leaves_out_weak_hits(make_service: ServiceFactory
     assert await search(service, question, top_k=20, score_threshold=0.99) == []
 
 
-async def test_upsert_skips_unchanged_and_replaces_changed(make_service: ServiceFactory, kb_copy: Path,
-                                                           articles: dict[str, DocumentIn]) -> None:
+async def test_upsert_skips_unchanged_and_replaces_changed(
+    make_service: ServiceFactory, kb_copy: Path, articles: dict[str, DocumentIn]
+) -> None:
     service = await make_service(kb_copy)
     before = embedded_texts(service)
     again = await service.upsert("kb", [articles["kb-0001"], articles["kb-0002"]])
@@ -84,15 +86,20 @@ async def test_upsert_skips_unchanged_and_replaces_changed(make_service: Service
     assert {hit["doc_id"] for hit in moved} == {"kb-0003"} and len(moved) == 3
     assert await search(service, "account locked", filter={"tags": "account lockout"}) == []
 
-    rewritten = articles["kb-0002"].model_copy(update={
-        "title": "Coffee machine descaling", "text": "Fill the tank with descaler, run two rinse cycles and wait."})
+    rewritten = articles["kb-0002"].model_copy(
+        update={
+            "title": "Coffee machine descaling",
+            "text": "Fill the tank with descaler, run two rinse cycles and wait.",
+        }
+    )
     result = await service.upsert("kb", [rewritten])
     assert result.model_dump() == {"upserted": 1, "unchanged": 0, "chunks": 1}
     coffee = await search(service, "how do I descale the coffee machine", top_k=1)
     assert coffee[0]["doc_id"] == "kb-0002" and coffee[0]["chunk_id"] == "kb-0002#0"
     everything = await search(service, "password expires soon change it", top_k=20)
     assert [h for h in everything if h["doc_id"] == "kb-0002"] == [
-        h for h in everything if h["chunk_id"] == "kb-0002#0"]  # the three old chunks are gone
+        h for h in everything if h["chunk_id"] == "kb-0002#0"
+    ]  # the three old chunks are gone
     info = service.get_collection("kb")
     assert (info.documents, info.chunks) == (9, 25 - 3 + 1)
 
@@ -132,8 +139,9 @@ async def test_restart_gives_identical_results(make_service: ServiceFactory, kb_
     assert list((kb_copy / "kb").glob("index-g*.faiss"))
 
 
-async def test_searches_complete_while_an_ingest_runs(make_service: ServiceFactory, kb_copy: Path,
-                                                      articles: dict[str, DocumentIn]) -> None:
+async def test_searches_complete_while_an_ingest_runs(
+    make_service: ServiceFactory, kb_copy: Path, articles: dict[str, DocumentIn]
+) -> None:
     """The ingest embeds in batches of 2 on the embedding thread; each search's query goes ahead of the
     remaining batches. Proof from counters: searches finished while the ingest was still running and had
     embedded some but not all of its chunks."""

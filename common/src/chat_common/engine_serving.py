@@ -42,8 +42,15 @@ from chat_common.protocol import (
 )
 from chat_common.requests import parse_chat_request
 
-__all__ = ["ClientGone", "EngineServing", "GenerationMetrics", "Prepared", "event_bridge", "serve_chat",
-           "template_messages"]
+__all__ = [
+    "ClientGone",
+    "EngineServing",
+    "GenerationMetrics",
+    "Prepared",
+    "event_bridge",
+    "serve_chat",
+    "template_messages",
+]
 
 # Roles most chat templates know; "developer" is OpenAI's newer name for "system".
 _ROLE_FOR_TEMPLATE = {"developer": "system"}
@@ -76,25 +83,33 @@ class GenerationMetrics:
     def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
         self.registry = registry
         self.requests = Counter(
-            f"{prefix}_requests", "Finished generations by finish reason (stop, length, cancelled, error).",
-            ["model", "finish_reason"], registry=registry)
+            f"{prefix}_requests",
+            "Finished generations by finish reason (stop, length, cancelled, error).",
+            ["model", "finish_reason"],
+            registry=registry,
+        )
         self.rejected = Counter(
-            f"{prefix}_rejected", "Requests refused before generation, by reason.", ["model", "reason"],
-            registry=registry)
+            f"{prefix}_rejected",
+            "Requests refused before generation, by reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.prompt_tokens = Counter(
-            f"{prefix}_prompt_tokens", "Prompt tokens processed.", ["model"], registry=registry)
+            f"{prefix}_prompt_tokens", "Prompt tokens processed.", ["model"], registry=registry
+        )
         self.generation_tokens = Counter(
-            f"{prefix}_generation_tokens", "Tokens generated (sampled and accepted).", ["model"], registry=registry)
-        self.queue = Gauge(
-            f"{prefix}_queue_depth", "Requests waiting for the model.", ["model"], registry=registry)
-        self.running_sequences = Gauge(
-            f"{prefix}_running", "Sequences generating now.", ["model"], registry=registry)
-        self.loaded = Gauge(
-            f"{prefix}_model_loaded", "1 while the model is loaded.", ["model"], registry=registry)
+            f"{prefix}_generation_tokens", "Tokens generated (sampled and accepted).", ["model"], registry=registry
+        )
+        self.queue = Gauge(f"{prefix}_queue_depth", "Requests waiting for the model.", ["model"], registry=registry)
+        self.running_sequences = Gauge(f"{prefix}_running", "Sequences generating now.", ["model"], registry=registry)
+        self.loaded = Gauge(f"{prefix}_model_loaded", "1 while the model is loaded.", ["model"], registry=registry)
         self.first_token = Histogram(
-            f"{prefix}_time_to_first_token_seconds", "From the start of decoding to the first token (prompt "
-            "processing included).", ["model"], registry=registry,
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+            f"{prefix}_time_to_first_token_seconds",
+            "From the start of decoding to the first token (prompt processing included).",
+            ["model"],
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
 
     # the engines' observer calls (on their worker threads; prometheus_client is thread-safe)
     def queue_depth(self, model: str, depth: int) -> None:
@@ -133,19 +148,35 @@ class EngineServing:
         self.metrics.rejected.labels(model, "template").inc()
         return APIError(400, str(exc), param="messages", code="chat_template")
 
-    def queue(self, request: ChatCompletionRequest, seq: Sequence, submit: Callable[[Sequence], None],
-              events: asyncio.Queue[EngineEvent]) -> Prepared:
+    def queue(
+        self,
+        request: ChatCompletionRequest,
+        seq: Sequence,
+        submit: Callable[[Sequence], None],
+        events: asyncio.Queue[EngineEvent],
+    ) -> Prepared:
         """Hand ``seq`` to the engine through ``submit``; a full queue is 429 with ``Retry-After``."""
         try:
             submit(seq)
         except EngineBusy as exc:
             self.metrics.rejected.labels(request.model, "queue_full").inc()
-            raise APIError(429, f"{exc}; retry after {self.retry_after_s}s.", code="queue_full",
-                           headers={"Retry-After": str(self.retry_after_s)}) from exc
+            raise APIError(
+                429,
+                f"{exc}; retry after {self.retry_after_s}s.",
+                code="queue_full",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ) from exc
         return Prepared(request, seq, events)
 
-    def sampling(self, request: ChatCompletionRequest, defaults: SamplingDefaults, *, n_ctx: int,
-                 prompt_tokens: int, encoder_decoder: bool = False) -> SamplingParams:
+    def sampling(
+        self,
+        request: ChatCompletionRequest,
+        defaults: SamplingDefaults,
+        *,
+        n_ctx: int,
+        prompt_tokens: int,
+        encoder_decoder: bool = False,
+    ) -> SamplingParams:
         """The request's sampling over the model's defaults, after checking that it fits the context: 400
         ``context_length_exceeded`` with the token counts when it does not.
 
@@ -154,20 +185,28 @@ class EngineServing:
         too_long = prompt_tokens > n_ctx if encoder_decoder else prompt_tokens >= n_ctx
         if too_long:
             self.metrics.rejected.labels(request.model, "context").inc()
-            raise APIError(400, f"This model's maximum context length is {n_ctx} tokens, but the messages "
-                           f"use {prompt_tokens} tokens. Shorten the messages.",
-                           param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {n_ctx} tokens, but the messages "
+                f"use {prompt_tokens} tokens. Shorten the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         room = n_ctx - 1 if encoder_decoder else n_ctx - prompt_tokens
         requested = request.token_limit
         if requested is not None and requested > room:
             self.metrics.rejected.labels(request.model, "context").inc()
             if encoder_decoder:
-                message = (f"This model writes at most {room} tokens, but you requested {requested} "
-                           "(max_tokens). Reduce max_tokens.")
+                message = (
+                    f"This model writes at most {room} tokens, but you requested {requested} "
+                    "(max_tokens). Reduce max_tokens."
+                )
             else:
-                message = (f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                           f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in "
-                           "the completion). Reduce max_tokens or the messages.")
+                message = (
+                    f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                    f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in "
+                    "the completion). Reduce max_tokens or the messages."
+                )
             raise APIError(400, message, param="max_tokens", code="context_length_exceeded")
         d = defaults
         stop = request.stop_sequences
@@ -203,10 +242,12 @@ class EngineServing:
                 elif isinstance(event, Finished):
                     _count_usage(event)
                     return ChatCompletion(
-                        id=prepared.id, created=prepared.created, model=prepared.request.model,
-                        choices=[Choice(message=ResponseMessage(content="".join(parts)),
-                                        finish_reason=_reason(event))],
-                        usage=_usage(event))
+                        id=prepared.id,
+                        created=prepared.created,
+                        model=prepared.request.model,
+                        choices=[Choice(message=ResponseMessage(content="".join(parts)), finish_reason=_reason(event))],
+                        usage=_usage(event),
+                    )
                 else:
                     raise APIError(500, event.message)
         finally:
@@ -226,8 +267,13 @@ class EngineServing:
                     _count_usage(event)
                     yield _chunk(prepared, {}, finish_reason=_reason(event))
                     if include_usage:
-                        usage = ChatCompletionChunk(id=prepared.id, created=prepared.created,
-                                                    model=prepared.request.model, choices=[], usage=_usage(event))
+                        usage = ChatCompletionChunk(
+                            id=prepared.id,
+                            created=prepared.created,
+                            model=prepared.request.model,
+                            choices=[],
+                            usage=_usage(event),
+                        )
                         yield sse.event(usage.model_dump(mode="json"))
                     break
                 elif isinstance(event, Failed):
@@ -238,8 +284,9 @@ class EngineServing:
             prepared.seq.cancel()
 
 
-def event_bridge(on_final: Callable[[], None] | None = None) -> tuple[asyncio.Queue[EngineEvent],
-                                                                     Callable[[EngineEvent], None]]:
+def event_bridge(
+    on_final: Callable[[], None] | None = None,
+) -> tuple[asyncio.Queue[EngineEvent], Callable[[EngineEvent], None]]:
     """An asyncio queue and the ``sink`` that fills it from the engine's thread (call on the event loop).
     ``on_final`` runs on the event loop once the engine is done with the sequence (its last event)."""
     loop = asyncio.get_running_loop()
@@ -276,11 +323,15 @@ async def serve_chat(request: Request, serving: EngineServing) -> Response:
 
 def _chunk(prepared: Prepared, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
     # Built as a dict: one chunk per token, in OpenAI's exact shape (finish_reason null until the end).
-    return sse.event({
-        "id": prepared.id, "object": "chat.completion.chunk", "created": prepared.created,
-        "model": prepared.request.model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    })
+    return sse.event(
+        {
+            "id": prepared.id,
+            "object": "chat.completion.chunk",
+            "created": prepared.created,
+            "model": prepared.request.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+    )
 
 
 def _count_usage(event: Finished) -> None:
@@ -302,5 +353,8 @@ def _reason(event: Finished) -> str:
 
 
 def _usage(event: Finished) -> Usage:
-    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens)
+    return Usage(
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.prompt_tokens + event.completion_tokens,
+    )

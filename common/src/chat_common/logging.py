@@ -21,8 +21,12 @@ from chat_common.context import request_id
 __all__ = ["JsonLinesFormatter", "configure_logging"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
-                                                                                 "service", "request_id"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "service",
+    "request_id",
+}
 
 
 class JsonLinesFormatter(logging.Formatter):

@@ -23,8 +23,9 @@ def json_object(body: bytes, expected: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}. Send a JSON object {expected}.",
-                       code="invalid_json") from None
+        raise APIError(
+            400, f"The request body is not valid JSON: {exc}. Send a JSON object {expected}.", code="invalid_json"
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, f"The request body must be a JSON object {expected}.", code="invalid_json")
     return data

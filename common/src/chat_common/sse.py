@@ -31,10 +31,20 @@ class EventStreamResponse(StreamingResponse):
     work tied to the stream (a generation, an upstream request) is released here instead.
     """
 
-    def __init__(self, content: AsyncIterable[bytes], *, on_close: Callable[[], Awaitable[None] | None],
-                 status_code: int = 200, headers: dict[str, str] | None = None) -> None:
-        super().__init__(content, status_code=status_code, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+    def __init__(
+        self,
+        content: AsyncIterable[bytes],
+        *,
+        on_close: Callable[[], Awaitable[None] | None],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            content,
+            status_code=status_code,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        )
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -36,17 +36,20 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Idle connections are dropped before the services' own keep-alive timeout (uvicorn: 5 s) ends them.
-        connector = aiohttp.TCPConnector(limit=settings.max_upstream_connections, limit_per_host=0,
-                                         keepalive_timeout=4)
-        timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout_s,
-                                        sock_read=settings.read_timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         cookie_jar=aiohttp.DummyCookieJar()) as client:
+        connector = aiohttp.TCPConnector(limit=settings.max_upstream_connections, limit_per_host=0, keepalive_timeout=4)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+        ) as client:
             registry = Registry(settings.services, client, timeout_s=settings.connect_timeout_s)
             app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
-            app.state.retriever = (RetrieverClient(settings.retriever_url, client,
-                                                   timeout_s=settings.retriever_timeout_s)
-                                   if settings.retriever_url else None)
+            app.state.retriever = (
+                RetrieverClient(settings.retriever_url, client, timeout_s=settings.retriever_timeout_s)
+                if settings.retriever_url
+                else None
+            )
             app.state.proxy = Proxy(registry, client, GatewayMetrics(CollectorRegistry()), settings.read_timeout_s)
             await registry.refresh()
             refresher = asyncio.create_task(registry.run(settings.refresh_interval_s))

@@ -38,8 +38,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"The request body is larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES).",
-                    code="request_too_large")
+    return APIError(
+        413, f"The request body is larger than {limit} bytes (GATEWAY_MAX_BODY_BYTES).", code="request_too_large"
+    )
 
 
 @asynccontextmanager

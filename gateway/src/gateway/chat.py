@@ -68,7 +68,8 @@ class ChatRoutes:
             await self.app(scope, receive, send)
         elif scope["method"] != "POST":
             await error_response(APIError(405, f"Use POST for {path}.", headers={"Allow": "POST"}))(
-                scope, receive, send)
+                scope, receive, send
+            )
         else:
             await self._chat(scope, receive, send)
 
@@ -83,13 +84,22 @@ class ChatRoutes:
                 data = chat.model_dump(exclude_unset=True)
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             if session is not None and self.state.history is None:
-                raise APIError(400, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty): send "
-                               "the whole conversation in 'messages' instead of a session id.",
-                               param="session_id", code="sessions_disabled")
+                raise APIError(
+                    400,
+                    "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty): send "
+                    "the whole conversation in 'messages' instead of a session id.",
+                    param="session_id",
+                    code="sessions_disabled",
+                )
             retrieval = retrieval_of(chat)
             if retrieval is not None and self.state.retriever is None:
-                raise APIError(400, "This gateway has no retriever (GATEWAY_RETRIEVER_URL is empty): send the "
-                               "request without 'retrieval'.", param="retrieval", code="retrieval_disabled")
+                raise APIError(
+                    400,
+                    "This gateway has no retriever (GATEWAY_RETRIEVER_URL is empty): send the "
+                    "request without 'retrieval'.",
+                    param="retrieval",
+                    code="retrieval_disabled",
+                )
             query = query_of(chat) if retrieval is not None else None
         except ClientDisconnect:
             return
@@ -99,11 +109,13 @@ class ChatRoutes:
         if session is None and retrieval is None:
             await self._forward(scope, receive, send, chat, body)  # the body goes upstream unchanged
         else:
-            await Conversation(self.state, chat, data, session=session, retrieval=retrieval, query=query,
-                               reframe=reframe).run(scope, receive, send)
+            await Conversation(
+                self.state, chat, data, session=session, retrieval=retrieval, query=query, reframe=reframe
+            ).run(scope, receive, send)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest,
-                       body: bytes) -> None:
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest, body: bytes
+    ) -> None:
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
@@ -117,8 +129,17 @@ class Conversation:
     """One request with a session (history before it, the exchange stored after it), retrieval
     (passages in its prompt, sources in its answer), or both."""
 
-    def __init__(self, state: State, chat: ChatCompletionRequest, data: dict[str, Any], *, session: str | None,
-                 retrieval: RetrievalSpec | None, query: str | None, reframe: Reframe | None) -> None:
+    def __init__(
+        self,
+        state: State,
+        chat: ChatCompletionRequest,
+        data: dict[str, Any],
+        *,
+        session: str | None,
+        retrieval: RetrievalSpec | None,
+        query: str | None,
+        reframe: Reframe | None,
+    ) -> None:
         self.proxy: Proxy = state.proxy
         self.history: HistoryClient = state.history
         self.retriever: RetrieverClient = state.retriever
@@ -167,8 +188,9 @@ class Conversation:
         reserve = self.chat.token_limit or (min(512, context // 4) if context else 0)
         messages = self.data["messages"]
         if hits is not None:
-            messages, self.passages = with_passages(messages, hits, self.settings.rag_instruction,
-                                                    context_length=context, reserve=reserve)
+            messages, self.passages = with_passages(
+                messages, hits, self.settings.rag_instruction, context_length=context, reserve=reserve
+            )
             access_fields()["passages"] = len(self.passages.hits)
         if past:
             past = fit_history(past, messages, context_length=context, reserve=reserve)
@@ -186,10 +208,14 @@ class Conversation:
         except RetrieverUnavailable as exc:
             self.proxy.metrics.retrieval_failures.inc()
             if self.retrieval.on_error == "fail":
-                raise APIError(503, f"The retriever service is unavailable ({exc}), so no passages can be "
-                               "found. Retry later, or send \"on_error\": \"answer\" in 'retrieval' to be "
-                               "answered without them.", code="retriever_unavailable",
-                               headers={"Retry-After": "2"}) from exc
+                raise APIError(
+                    503,
+                    f"The retriever service is unavailable ({exc}), so no passages can be "
+                    'found. Retry later, or send "on_error": "answer" in \'retrieval\' to be '
+                    "answered without them.",
+                    code="retriever_unavailable",
+                    headers={"Retry-After": "2"},
+                ) from exc
             logger.warning("answering without retrieval", extra={"error": str(exc)})
             self.headers.append((b"x-switchboard-retrieval", b"unavailable"))
             return []
@@ -203,10 +229,14 @@ class Conversation:
         except HistoryUnavailable as exc:
             self.proxy.metrics.history_failures.labels("read").inc()
             if self.settings.history_on_error == "fail":
-                raise APIError(503, f"The history service is unavailable ({exc}), so this conversation cannot "
-                               "be continued or stored. Retry later; an operator can set "
-                               "GATEWAY_HISTORY_ON_ERROR=answer to answer without history meanwhile.",
-                               code="history_unavailable", headers={"Retry-After": "2"}) from exc
+                raise APIError(
+                    503,
+                    f"The history service is unavailable ({exc}), so this conversation cannot "
+                    "be continued or stored. Retry later; an operator can set "
+                    "GATEWAY_HISTORY_ON_ERROR=answer to answer without history meanwhile.",
+                    code="history_unavailable",
+                    headers={"Retry-After": "2"},
+                ) from exc
             logger.warning("answering without history", extra={"session_id": self.session, "error": str(exc)})
             self.headers.append((b"x-switchboard-history", b"unavailable"))
             return []
@@ -231,9 +261,16 @@ class Conversation:
         """The stream's last event before ``[DONE]``: chunk-shaped (no choices, like the usage chunk)."""
         assert self.passages is not None
         identity = self.transcript.identity
-        return sse.event({"id": identity.get("id"), "object": "chat.completion.chunk",
-                          "created": identity.get("created"), "model": identity.get("model") or self.chat.model,
-                          "choices": [], "sources": self.passages.sources()})
+        return sse.event(
+            {
+                "id": identity.get("id"),
+                "object": "chat.completion.chunk",
+                "created": identity.get("created"),
+                "model": identity.get("model") or self.chat.model,
+                "choices": [],
+                "sources": self.passages.sources(),
+            }
+        )
 
     def _with_headers(self, send: Send) -> Send:
         if not self.headers:
@@ -258,8 +295,9 @@ class Conversation:
             await self.history.append(self.session, messages)
         except (HistoryUnavailable, ValueError) as exc:
             self.proxy.metrics.history_failures.labels("write").inc()
-            logger.error("exchange not stored", extra={"session_id": self.session, "error": str(exc),
-                                                       "messages": len(messages)})
+            logger.error(
+                "exchange not stored", extra={"session_id": self.session, "error": str(exc), "messages": len(messages)}
+            )
 
 
 async def _forwarded(proxy: Proxy, chat: ChatCompletionRequest, body: bytes) -> Response | EventStream:
@@ -275,8 +313,9 @@ async def _forwarded(proxy: Proxy, chat: ChatCompletionRequest, body: bytes) -> 
 def _with_sources(response: Response, payload: dict[str, Any], passages: Passages) -> Response:
     payload["sources"] = passages.sources()
     headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-    return Response(orjson.dumps(payload), status_code=response.status_code, headers=headers,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(payload), status_code=response.status_code, headers=headers, media_type="application/json"
+    )
 
 
 def _count(proxy: Proxy, model: str, status: int, gone: bool) -> None:
@@ -290,10 +329,20 @@ def _finetune_request(body: bytes, model: str) -> ChatCompletionRequest:
     """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request."""
     data = json_object(body, "with a 'prompt' (and optionally a 'session_id')")
     if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
-        raise APIError(400, "Send a JSON object with a non-empty 'prompt' string (and optionally 'session_id').",
-                       param="prompt", code="invalid_value")
-    return chat_request({"model": model, "messages": [{"role": "user", "content": data["prompt"]}], "stream": True,
-                         "session_id": data.get("session_id") or "default"})
+        raise APIError(
+            400,
+            "Send a JSON object with a non-empty 'prompt' string (and optionally 'session_id').",
+            param="prompt",
+            code="invalid_value",
+        )
+    return chat_request(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": data["prompt"]}],
+            "stream": True,
+            "session_id": data.get("session_id") or "default",
+        }
+    )
 
 
 def _finetune_stream(payloads: list[dict[str, Any] | None]) -> bytes:
@@ -306,6 +355,9 @@ def _finetune_stream(payloads: list[dict[str, Any] | None]) -> bytes:
         elif "error" in payload:
             out.append(sse.event(payload))
         else:
-            out.extend(sse.event({"token": text}) for choice in payload.get("choices") or ()
-                       if (text := (choice.get("delta") or {}).get("content")))
+            out.extend(
+                sse.event({"token": text})
+                for choice in payload.get("choices") or ()
+                if (text := (choice.get("delta") or {}).get("content"))
+            )
     return b"".join(out)

@@ -16,8 +16,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     services: dict[str, list[str]] = Field(
-        default_factory=lambda: {"inference-gguf": ["http://127.0.0.1:8001"],
-                                 "inference-hf": ["http://127.0.0.1:8002"]},
+        default_factory=lambda: {
+            "inference-gguf": ["http://127.0.0.1:8001"],
+            "inference-hf": ["http://127.0.0.1:8002"],
+        },
         description="Model services as JSON: service name -> list of replica base URLs. The gateway asks "
         "each replica's /v1/models which models it serves.",
     )
@@ -26,7 +28,8 @@ class Settings(BaseSettings):
     )
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a service, in seconds.")
     read_timeout_s: float = Field(
-        300.0, gt=0,
+        300.0,
+        gt=0,
         description="Longest wait for a service's next bytes (the first token, or the next chunk of a "
         "stream), in seconds; past it the request fails with 503.",
     )
@@ -40,7 +43,9 @@ class Settings(BaseSettings):
         "session id. Empty: sessions are off and a session id is refused with 400.",
     )
     history_turns: int = Field(
-        10, ge=0, le=500,
+        10,
+        ge=0,
+        le=500,
         description="Exchanges (a user message and its answer) of a session put before a new request, newest "
         "kept; fewer when they would not fit the model's context.",
     )
@@ -56,7 +61,9 @@ class Settings(BaseSettings):
         "retrieval. Empty: retrieval is off and a request asking for it is refused with 400.",
     )
     retriever_timeout_s: float = Field(
-        10.0, gt=0, description="Longest wait for the retriever's search results, in seconds; past it the "
+        10.0,
+        gt=0,
+        description="Longest wait for the retriever's search results, in seconds; past it the "
         "request fails with 503 (or is answered without passages when it says so).",
     )
     rag_instruction: str = Field(
@@ -71,7 +78,8 @@ class Settings(BaseSettings):
         description="Model behind the IT-support chatbot's POST /api/v1/chat/ route (seed 002).",
     )
     rag_collection: str = Field(
-        "it-support", description="Retriever collection behind the IT-support chatbot's POST /api/v1/chat/ route.",
+        "it-support",
+        description="Retriever collection behind the IT-support chatbot's POST /api/v1/chat/ route.",
     )
     finetune_model: str = Field(
         "smollm2-135m-instruct",

@@ -33,12 +33,17 @@ _TOKENS = re.compile(
 _BEARER = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 _URL_SECRET = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+(?=@)", re.IGNORECASE)
 
-_WORDS = (r"(?:pass(?:word|wd|code|phrase)|pwd|pin|secret|client[_ -]?secret|api[_ -]?key|access[_ -]?key"
-          r"|secret[_ -]?key|(?:auth|access|refresh|api)[_ -]?token|token)")
+_WORDS = (
+    r"(?:pass(?:word|wd|code|phrase)|pwd|pin|secret|client[_ -]?secret|api[_ -]?key|access[_ -]?key"
+    r"|secret[_ -]?key|(?:auth|access|refresh|api)[_ -]?token|token)"
+)
 _QUOTED = r"\"[^\"\n]*\"|'[^'\n]*'"
 _ASSIGNED = re.compile(rf"(\b{_WORDS}\s*[:=]\s*)(?:{_QUOTED}|[^\s\"']+)", re.IGNORECASE)
-_SAID = re.compile(rf"(\b{_WORDS}\s+(?:is|was|to|will be|would be)\s+)"
-                   rf"(?:({_QUOTED})|([^\s\"',;]+?)(?=[.,;!?]*(?:\s|$)))", re.IGNORECASE)
+_SAID = re.compile(
+    rf"(\b{_WORDS}\s+(?:is|was|to|will be|would be)\s+)"
+    rf"(?:({_QUOTED})|([^\s\"',;]+?)(?=[.,;!?]*(?:\s|$)))",
+    re.IGNORECASE,
+)
 
 
 def _looks_secret(value: str) -> bool:

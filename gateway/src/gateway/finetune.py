@@ -27,14 +27,19 @@ SessionId = Annotated[str, Query(pattern=SESSION_ID_PATTERN)]
 def _history(request: Request) -> HistoryClient:
     history: HistoryClient | None = request.app.state.history
     if history is None:
-        raise APIError(503, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty).",
-                       code="sessions_disabled")
+        raise APIError(
+            503, "This gateway keeps no conversations (GATEWAY_HISTORY_URL is empty).", code="sessions_disabled"
+        )
     return history
 
 
 def _unavailable(exc: HistoryUnavailable) -> APIError:
-    return APIError(503, f"The history service is unavailable ({exc}). Retry later.", code="history_unavailable",
-                    headers={"Retry-After": "2"})
+    return APIError(
+        503,
+        f"The history service is unavailable ({exc}). Retry later.",
+        code="history_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 @router.get("/")
@@ -48,21 +53,37 @@ async def status(request: Request) -> dict[str, Any]:
     model = request.app.state.settings.finetune_model
     history: HistoryClient | None = request.app.state.history
     database = "disabled" if history is None else ("connected" if await history.ready() else "unavailable")
-    return {"status": "ok", "model": model, "model_loaded": proxy.registry.card(model) is not None,
-            "database": database}
+    return {
+        "status": "ok",
+        "model": model,
+        "model_loaded": proxy.registry.card(model) is not None,
+        "database": database,
+    }
 
 
 @router.get("/messages")
-async def messages(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-                   session_id: SessionId = DEFAULT_SESSION) -> dict[str, Any]:
+async def messages(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 20, session_id: SessionId = DEFAULT_SESSION
+) -> dict[str, Any]:
     """The session's last ``limit`` messages, oldest first (``session_id`` defaults to "default")."""
     try:
         stored = await _history(request).recent(session_id, limit)
     except HistoryUnavailable as exc:
         raise _unavailable(exc) from exc
-    return {"session_id": session_id, "messages": [
-        {"role": m["role"], "content": m["content"], "timestamp": m["created_at"], "session_id": session_id,
-         "seq": m["seq"], "status": m.get("status", "complete")} for m in stored]}
+    return {
+        "session_id": session_id,
+        "messages": [
+            {
+                "role": m["role"],
+                "content": m["content"],
+                "timestamp": m["created_at"],
+                "session_id": session_id,
+                "seq": m["seq"],
+                "status": m.get("status", "complete"),
+            }
+            for m in stored
+        ],
+    }
 
 
 @router.post("/clear-history")
@@ -71,5 +92,9 @@ async def clear_history(request: Request, session_id: SessionId = DEFAULT_SESSIO
         deleted = await _history(request).delete(session_id)
     except HistoryUnavailable as exc:
         raise _unavailable(exc) from exc
-    return {"status": "success", "message": f"History cleared for session {session_id}",
-            "session_id": session_id, "deleted": deleted}
+    return {
+        "status": "success",
+        "message": f"History cleared for session {session_id}",
+        "session_id": session_id,
+        "deleted": deleted,
+    }

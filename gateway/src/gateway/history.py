@@ -25,8 +25,9 @@ class HistoryClient(JsonService):
     unavailable = HistoryUnavailable
     label = "history"
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, read_timeout_s: float = 5.0,
-                 write_attempts: int = 4) -> None:
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, *, read_timeout_s: float = 5.0, write_attempts: int = 4
+    ) -> None:
         super().__init__(base_url, session, timeout_s=read_timeout_s)
         self._write_attempts = write_attempts
 
@@ -42,9 +43,12 @@ class HistoryClient(JsonService):
 
     async def append(self, session_id: str, messages: list[dict[str, Any]]) -> None:
         """Store ``messages`` (each with a ``message_id``), retrying with backoff; raises when every try failed."""
-        retrying = AsyncRetrying(stop=stop_after_attempt(self._write_attempts),
-                                 wait=wait_exponential(multiplier=0.2, max=2.0),
-                                 retry=retry_if_exception_type(HistoryUnavailable), reraise=True)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._write_attempts),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=retry_if_exception_type(HistoryUnavailable),
+            reraise=True,
+        )
         async for attempt in retrying:
             with attempt:
                 await self.call("POST", self._path(session_id), json={"messages": messages})

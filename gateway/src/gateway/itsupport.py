@@ -59,15 +59,17 @@ def _parse(body: bytes) -> SupportQuery:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise SupportError(400, "Validation Error", "The request body must be JSON: {\"query\": \"...\"}.") from None
+        raise SupportError(400, "Validation Error", 'The request body must be JSON: {"query": "..."}.') from None
     try:
         query = SupportQuery.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        limits = {"query": "Query must be between 1 and 2000 characters",
-                  "top_k": "top_k must be an integer between 1 and 20",
-                  "max_tokens": "max_tokens must be an integer between 50 and 500"}
+        limits = {
+            "query": "Query must be between 1 and 2000 characters",
+            "top_k": "top_k must be an integer between 1 and 20",
+            "max_tokens": "max_tokens must be an integer between 50 and 500",
+        }
         raise SupportError(400, "Validation Error", limits.get(field, f"{field}: {first['msg']}")) from None
     if not query.query.strip():
         raise SupportError(400, "Validation Error", "Query must be between 1 and 2000 characters")
@@ -83,8 +85,11 @@ async def chat(request: Request) -> Response:
         return _error(exc)
     except Exception:
         logger.exception("IT-support chat failed")
-        return _error(SupportError(500, "Internal Server Error", "The query could not be processed. The gateway "
-                                   "log has the details."))
+        return _error(
+            SupportError(
+                500, "Internal Server Error", "The query could not be processed. The gateway log has the details."
+            )
+        )
     answer["processing_time"] = round(time.perf_counter() - started, 3)
     answer["timestamp"] = _now()
     return JSONResponse(answer)
@@ -103,35 +108,57 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     except RetrieverUnavailable as exc:
         raise SupportError(503, "Service Unavailable", f"The knowledge base cannot be searched: {exc}.") from exc
     except APIError as exc:
-        raise SupportError(503, "Service Unavailable", f"The knowledge base '{spec.collection}' is not ready: "
-                           f"{exc.message} Ingest it with `python -m retriever ingest {spec.collection} "
-                           "data/it-support/articles.jsonl`.") from exc
+        raise SupportError(
+            503,
+            "Service Unavailable",
+            f"The knowledge base '{spec.collection}' is not ready: "
+            f"{exc.message} Ingest it with `python -m retriever ingest {spec.collection} "
+            "data/it-support/articles.jsonl`.",
+        ) from exc
     for hit in hits:
         hit["text"] = mask_credentials(str(hit.get("text", "")))
     model = settings.rag_model
     card = proxy.registry.card(model) or {}
-    messages, passages = with_passages([{"role": "user", "content": query}], hits, settings.rag_instruction,
-                                       context_length=card.get("context_length"), reserve=ask.max_tokens)
+    messages, passages = with_passages(
+        [{"role": "user", "content": query}],
+        hits,
+        settings.rag_instruction,
+        context_length=card.get("context_length"),
+        reserve=ask.max_tokens,
+    )
     body = {"model": model, "max_tokens": ask.max_tokens, "stream": False, "messages": messages}
     try:
         response = await proxy.forward(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:
-        raise SupportError(503 if exc.status_code in (404, 503) else 500, "Service Unavailable"
-                           if exc.status_code in (404, 503) else "Internal Server Error", exc.message) from exc
+        raise SupportError(
+            503 if exc.status_code in (404, 503) else 500,
+            "Service Unavailable" if exc.status_code in (404, 503) else "Internal Server Error",
+            exc.message,
+        ) from exc
     assert isinstance(response, Response)
     payload = orjson.loads(response.body)
     if response.status_code != 200:
         message = (payload.get("error") or {}).get("message", "the model failed")
         status = 503 if response.status_code in (429, 503) else 400 if response.status_code == 400 else 500
-        raise SupportError(status, {400: "Bad Request", 503: "Service Unavailable"}.get(status, "Internal Server "
-                           "Error"), f"The model '{model}' could not answer: {message}")
+        raise SupportError(
+            status,
+            {400: "Bad Request", 503: "Service Unavailable"}.get(status, "Internal Server Error"),
+            f"The model '{model}' could not answer: {message}",
+        )
     text = payload["choices"][0]["message"].get("content") or ""
     return {
         "response": mask_credentials(text.strip()),
         "query": query,
         "context_used": passages.context(),
-        "search_results": [{"subject": h.get("title") or h.get("doc_id"), "answer": h["text"], "score": h.get("score"),
-                            "metadata": h.get("metadata") or {}} for h in hits],
+        "search_results": [
+            {
+                "subject": h.get("title") or h.get("doc_id"),
+                "answer": h["text"],
+                "score": h.get("score"),
+                "metadata": h.get("metadata") or {},
+            }
+            for h in hits
+        ],
     }
 
 
@@ -148,10 +175,16 @@ async def health(request: Request) -> Response:
             collection = None
     model_loaded = proxy.registry.card(settings.rag_model) is not None
     healthy = model_loaded and collection is not None
-    return JSONResponse({
-        "status": "healthy" if healthy else "unhealthy",
-        "model": settings.rag_model, "model_loaded": model_loaded,
-        "collection": settings.rag_collection, "collection_loaded": collection is not None,
-        "documents": (collection or {}).get("documents"), "chunks": (collection or {}).get("chunks"),
-        "timestamp": _now(),
-    }, status_code=200 if healthy else 503)
+    return JSONResponse(
+        {
+            "status": "healthy" if healthy else "unhealthy",
+            "model": settings.rag_model,
+            "model_loaded": model_loaded,
+            "collection": settings.rag_collection,
+            "collection_loaded": collection is not None,
+            "documents": (collection or {}).get("documents"),
+            "chunks": (collection or {}).get("chunks"),
+            "timestamp": _now(),
+        },
+        status_code=200 if healthy else 503,
+    )

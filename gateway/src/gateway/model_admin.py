@@ -47,10 +47,16 @@ async def _on_every_replica(proxy: Proxy, model: str, action: str) -> dict[str, 
     replicas = await proxy.route(model)  # 404 listing the known models when nobody serves it
     answers = await asyncio.gather(*(_call(proxy, replica, model, action) for replica in replicas))
     await proxy.registry.refresh()  # /v1/models shows the new state at once
-    return {"status": "success", "message": f"Model '{model}' {action}ed on {len(answers)} replica(s).",
-            "id": model, "action": action,
-            "replicas": [{"service": r.service, "url": r.url, "state": a.get("state")} for r, a in
-                         zip(replicas, answers, strict=True)]}
+    return {
+        "status": "success",
+        "message": f"Model '{model}' {action}ed on {len(answers)} replica(s).",
+        "id": model,
+        "action": action,
+        "replicas": [
+            {"service": r.service, "url": r.url, "state": a.get("state")}
+            for r, a in zip(replicas, answers, strict=True)
+        ],
+    }
 
 
 async def _call(proxy: Proxy, replica: Replica, model: str, action: str) -> dict[str, Any]:
@@ -60,15 +66,25 @@ async def _call(proxy: Proxy, replica: Replica, model: str, action: str) -> dict
             payload = await response.json(content_type=None)
             status = response.status
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise APIError(503, f"The service '{replica.service}' ({replica.url}) could not {action} '{model}': "
-                       f"{describe_error(exc)}.", code="upstream_unavailable") from exc
+        raise APIError(
+            503,
+            f"The service '{replica.service}' ({replica.url}) could not {action} '{model}': {describe_error(exc)}.",
+            code="upstream_unavailable",
+        ) from exc
     if status in (404, 405):
-        raise APIError(400, f"The model '{model}' is served by '{replica.service}', which keeps its models "
-                       f"loaded and has no {action} operation.", param="model", code="unsupported_operation")
+        raise APIError(
+            400,
+            f"The model '{model}' is served by '{replica.service}', which keeps its models "
+            f"loaded and has no {action} operation.",
+            param="model",
+            code="unsupported_operation",
+        )
     if status >= 400:
         error = payload.get("error") if isinstance(payload, dict) else None
         message = error.get("message") if isinstance(error, dict) else str(payload)[:300]
-        raise APIError(503 if status >= 500 else status,
-                       f"The service '{replica.service}' ({replica.url}) refused to {action} '{model}': {message}",
-                       code=(error or {}).get("code") if isinstance(error, dict) else None)
+        raise APIError(
+            503 if status >= 500 else status,
+            f"The service '{replica.service}' ({replica.url}) refused to {action} '{model}': {message}",
+            code=(error or {}).get("code") if isinstance(error, dict) else None,
+        )
     return payload if isinstance(payload, dict) else {}

@@ -36,8 +36,9 @@ _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Proxy:
-    def __init__(self, registry: Registry, session: aiohttp.ClientSession, metrics: GatewayMetrics,
-                 read_timeout_s: float) -> None:
+    def __init__(
+        self, registry: Registry, session: aiohttp.ClientSession, metrics: GatewayMetrics, read_timeout_s: float
+    ) -> None:
         self.registry = registry
         self.session = session
         self.metrics = metrics
@@ -51,8 +52,12 @@ class Proxy:
         if not replicas:
             known = self.registry.model_ids
             listing = ", ".join(known) if known else "none (no model service is reachable)"
-            raise APIError(404, f"The model '{model}' does not exist. Available models: {listing}.",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist. Available models: {listing}.",
+                param="model",
+                code="model_not_found",
+            )
         return replicas
 
     async def forward(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
@@ -80,21 +85,30 @@ class Proxy:
             except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
-                raise APIError(503, f"The service '{replica.service}' ({replica.url}) did not answer within "
-                               f"{self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S).",
-                               code="upstream_timeout") from exc
+                raise APIError(
+                    503,
+                    f"The service '{replica.service}' ({replica.url}) did not answer within "
+                    f"{self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S).",
+                    code="upstream_timeout",
+                ) from exc
             except aiohttp.ClientError as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
-                raise APIError(503, f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
-                               code="upstream_error") from exc
+                raise APIError(
+                    503,
+                    f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
+                    code="upstream_error",
+                ) from exc
             except BaseException:
                 release()
                 raise
         service = replicas[0].service
-        raise APIError(503, f"The service '{service}' that serves '{model}' is unavailable "
-                       f"({'; '.join(failures)}). Check that it is running and reachable from the gateway.",
-                       code="upstream_unavailable")
+        raise APIError(
+            503,
+            f"The service '{service}' that serves '{model}' is unavailable "
+            f"({'; '.join(failures)}). Check that it is running and reachable from the gateway.",
+            code="upstream_unavailable",
+        )
 
     async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:
@@ -107,8 +121,9 @@ class Proxy:
             # stops work whose connection is gone, so asking once more on a fresh connection is safe.
             return await self.session.post(url, data=body, headers=headers)
 
-    async def _stream(self, replica: Replica, upstream: aiohttp.ClientResponse,
-                      release: Callable[[], None]) -> Response | EventStream:
+    async def _stream(
+        self, replica: Replica, upstream: aiohttp.ClientResponse, release: Callable[[], None]
+    ) -> Response | EventStream:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             try:
                 return await _whole(upstream)  # an error answer: passed on as it is
@@ -147,10 +162,15 @@ class Proxy:
             problem = describe_error(exc)
         if not finished:
             self.metrics.upstream_failures.labels(replica.service, "stream_cut").inc()
-            logger.warning("upstream stream cut short",
-                           extra={"upstream_service": replica.service, "url": replica.url, "error": problem})
-            yield sse.error_event(f"The service '{replica.service}' stopped the stream early: {problem}.",
-                                  type="upstream_error", code="stream_interrupted")
+            logger.warning(
+                "upstream stream cut short",
+                extra={"upstream_service": replica.service, "url": replica.url, "error": problem},
+            )
+            yield sse.error_event(
+                f"The service '{replica.service}' stopped the stream early: {problem}.",
+                type="upstream_error",
+                code="stream_interrupted",
+            )
             yield sse.DONE
 
 
@@ -161,8 +181,11 @@ class EventStream:
     is noticed by :func:`gateway.asgi.cancel_on_disconnect`, which cancels the relay.
     """
 
-    _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
+    _HEADERS = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ]
 
     status_code = 200
 

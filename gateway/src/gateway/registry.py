@@ -35,8 +35,9 @@ class Replica:
 
 
 class Registry:
-    def __init__(self, services: dict[str, list[str]], session: aiohttp.ClientSession,
-                 *, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, services: dict[str, list[str]], session: aiohttp.ClientSession, *, timeout_s: float = 2.0
+    ) -> None:
         self.replicas = [Replica(name, url) for name, urls in services.items() for url in urls]
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -59,16 +60,19 @@ class Registry:
 
     async def _read(self, replica: Replica) -> None:
         try:
-            async with self._session.get(f"{replica.url}/v1/models", timeout=self._timeout,
-                                         headers={"User-Agent": DISCOVERY_USER_AGENT}) as response:
+            async with self._session.get(
+                f"{replica.url}/v1/models", timeout=self._timeout, headers={"User-Agent": DISCOVERY_USER_AGENT}
+            ) as response:
                 response.raise_for_status()
                 data = (await response.json(content_type=None))["data"]
             replica.models = {card["id"]: card for card in data}
             replica.reachable, replica.error = True, None
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             if replica.reachable or replica.error == "not read yet":
-                logger.warning("service replica unreachable", extra={
-                    "upstream_service": replica.service, "url": replica.url, "error": describe_error(exc)})
+                logger.warning(
+                    "service replica unreachable",
+                    extra={"upstream_service": replica.service, "url": replica.url, "error": describe_error(exc)},
+                )
             replica.reachable, replica.error = False, describe_error(exc)
 
     def _rebuild(self) -> None:
@@ -80,8 +84,10 @@ class Registry:
                 continue
             for model_id, card in replica.models.items():
                 if model_id in owner and owner[model_id] != replica.service:
-                    logger.warning("model served by two services; routing to the first configured",
-                                   extra={"model": model_id, "services": [owner[model_id], replica.service]})
+                    logger.warning(
+                        "model served by two services; routing to the first configured",
+                        extra={"model": model_id, "services": [owner[model_id], replica.service]},
+                    )
                     continue
                 owner[model_id] = replica.service
                 routes.setdefault(model_id, []).append(replica)

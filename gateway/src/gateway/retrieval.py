@@ -24,8 +24,16 @@ from chat_common.protocol import ChatCompletionRequest
 from gateway.service_client import JsonService, ServiceRefused, ServiceUnavailable
 from gateway.tokens import BYTES_PER_TOKEN, estimate_messages, estimate_tokens
 
-__all__ = ["Passages", "RetrievalSpec", "RetrieverClient", "RetrieverUnavailable", "augment", "query_of",
-           "retrieval_of", "with_passages"]
+__all__ = [
+    "Passages",
+    "RetrievalSpec",
+    "RetrieverClient",
+    "RetrieverUnavailable",
+    "augment",
+    "query_of",
+    "retrieval_of",
+    "with_passages",
+]
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _PASSAGE_TOKENS = 12  # the "[n] title" line and spacing around a passage
@@ -53,17 +61,25 @@ def retrieval_of(chat: ChatCompletionRequest) -> RetrievalSpec | None:
     except ValidationError as exc:
         message, param = validation_message(list(exc.errors(include_url=False)))
         param = f"retrieval.{param}" if param else "retrieval"
-        raise APIError(400, message.replace("Invalid request: '", "Invalid request: 'retrieval.", 1)
-                       + " ('retrieval' is an object: collection, top_k 1-20, filter, score_threshold, on_error).",
-                       param=param, code="invalid_value") from None
+        raise APIError(
+            400,
+            message.replace("Invalid request: '", "Invalid request: 'retrieval.", 1)
+            + " ('retrieval' is an object: collection, top_k 1-20, filter, score_threshold, on_error).",
+            param=param,
+            code="invalid_value",
+        ) from None
 
 
 def query_of(chat: ChatCompletionRequest) -> str:
     for message in reversed(chat.messages):
         if message.role == "user" and message.text.strip():
             return message.text
-    raise APIError(400, "Retrieval needs a user message to search for: the request has none with text.",
-                   param="messages", code="invalid_value")
+    raise APIError(
+        400,
+        "Retrieval needs a user message to search for: the request has none with text.",
+        param="messages",
+        code="invalid_value",
+    )
 
 
 class RetrieverUnavailable(ServiceUnavailable):
@@ -86,8 +102,9 @@ class RetrieverClient(JsonService):
             data = await self.call("POST", f"/v1/collections/{spec.collection}/search", json=body)
         except ServiceRefused as exc:
             status = 404 if exc.status == 404 else 400
-            raise APIError(status, f"Retrieval failed: {exc.message}", param="retrieval",
-                           code=exc.code or "retrieval_refused") from None
+            raise APIError(
+                status, f"Retrieval failed: {exc.message}", param="retrieval", code=exc.code or "retrieval_refused"
+            ) from None
         return list(data["data"])
 
     async def collection(self, name: str) -> dict[str, Any] | None:
@@ -125,9 +142,19 @@ class Passages:
         return "\n\n".join(f"[{i}] {_passage_text(hit)}" for i, hit in enumerate(self.hits, 1))
 
     def sources(self) -> list[dict[str, Any]]:
-        return [{"index": i, "doc_id": h.get("doc_id"), "chunk_id": h.get("chunk_id"), "title": h.get("title"),
-                 "source": h.get("source"), "score": h.get("score"), "metadata": h.get("metadata") or {},
-                 "text": h.get("text")} for i, h in enumerate(self.hits, 1)]
+        return [
+            {
+                "index": i,
+                "doc_id": h.get("doc_id"),
+                "chunk_id": h.get("chunk_id"),
+                "title": h.get("title"),
+                "source": h.get("source"),
+                "score": h.get("score"),
+                "metadata": h.get("metadata") or {},
+                "text": h.get("text"),
+            }
+            for i, h in enumerate(self.hits, 1)
+        ]
 
 
 def _passage_text(hit: dict[str, Any]) -> str:
@@ -140,8 +167,14 @@ def _cut_at_word(text: str) -> str:
     return (cut.group(1) if cut else text) + " …"
 
 
-def with_passages(messages: list[dict[str, Any]], hits: list[dict[str, Any]], instruction: str, *,
-                  context_length: int | None, reserve: int) -> tuple[list[dict[str, Any]], Passages]:
+def with_passages(
+    messages: list[dict[str, Any]],
+    hits: list[dict[str, Any]],
+    instruction: str,
+    *,
+    context_length: int | None,
+    reserve: int,
+) -> tuple[list[dict[str, Any]], Passages]:
     """``messages`` with as many of ``hits`` as fit the model's context (``reserve`` tokens kept for the
     answer; everything when the context length is unknown), and those passages."""
     if context_length is None:

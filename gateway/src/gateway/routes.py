@@ -33,10 +33,17 @@ async def ready(request: Request) -> dict[str, object]:
     registry = _proxy(request).registry
     if not registry.model_ids:
         down = "; ".join(f"{r.service} at {r.url}: {r.error}" for r in registry.unreachable()) or "none listed"
-        raise APIError(503, f"No model is routable yet. Unreachable services: {down}.", code="no_models",
-                       headers={"Retry-After": "2"})
-    return {"status": "ready", "models": registry.model_ids,
-            "unreachable": [{"service": r.service, "url": r.url, "error": r.error} for r in registry.unreachable()]}
+        raise APIError(
+            503,
+            f"No model is routable yet. Unreachable services: {down}.",
+            code="no_models",
+            headers={"Retry-After": "2"},
+        )
+    return {
+        "status": "ready",
+        "models": registry.model_ids,
+        "unreachable": [{"service": r.service, "url": r.url, "error": r.error} for r in registry.unreachable()],
+    }
 
 
 @router.get("/metrics")

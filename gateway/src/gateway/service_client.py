@@ -48,11 +48,11 @@ class JsonService:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            async with self._session.request(method, self.base_url + path, timeout=self._timeout,
-                                             **kwargs) as response:
+            async with self._session.request(method, self.base_url + path, timeout=self._timeout, **kwargs) as response:
                 if response.status >= 500:
-                    raise self.unavailable(f"the {self.label} service answered {response.status}: "
-                                           f"{_message(await response.read())}")
+                    raise self.unavailable(
+                        f"the {self.label} service answered {response.status}: {_message(await response.read())}"
+                    )
                 data: dict[str, Any] = await response.json(content_type=None)
                 if response.status >= 400:
                     error = data.get("error") if isinstance(data, dict) else None

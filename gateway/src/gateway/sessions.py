@@ -20,8 +20,7 @@ from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
 from gateway.tokens import estimate_messages
 
-__all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exchange", "fit_history",
-           "session_id_of"]
+__all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exchange", "fit_history", "session_id_of"]
 
 SESSION_HEADER = b"x-session-id"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
@@ -36,13 +35,18 @@ def session_id_of(chat: ChatCompletionRequest, headers: list[tuple[bytes, bytes]
     if value is None:
         return None
     if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
-        raise APIError(400, "Invalid session id: use 1-128 characters of A-Z a-z 0-9 . _ : -",
-                       param="session_id", code="invalid_value")
+        raise APIError(
+            400,
+            "Invalid session id: use 1-128 characters of A-Z a-z 0-9 . _ : -",
+            param="session_id",
+            code="invalid_value",
+        )
     return value
 
 
-def fit_history(history: list[dict[str, Any]], request: list[dict[str, Any]], *, context_length: int | None,
-                reserve: int) -> list[dict[str, Any]]:
+def fit_history(
+    history: list[dict[str, Any]], request: list[dict[str, Any]], *, context_length: int | None, reserve: int
+) -> list[dict[str, Any]]:
     """The newest part of ``history`` that fits beside ``request`` and ``reserve`` tokens for the answer.
 
     Token counts are estimated (the gateway has no tokenizer): cautiously, so that a trimmed prompt
@@ -133,8 +137,9 @@ class Transcript:
             self.usage = payload["usage"]
 
 
-def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str,
-             sources: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def exchange(
+    chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str, sources: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The messages to store for one request: its own non-system messages, then the answer.
 
     Message ids are fixed once per exchange (not taken from the request id, which clients may reuse),
@@ -145,13 +150,24 @@ def exchange(chat: ChatCompletionRequest, transcript: Transcript, *, request_id:
     for i, message in enumerate(chat.messages):
         if message.role in ("system", "developer"):
             continue
-        stored.append({"role": message.role, "content": message.text, "request_id": request_id,
-                       "message_id": f"{exchange_id}:{i}"})
+        stored.append(
+            {
+                "role": message.role,
+                "content": message.text,
+                "request_id": request_id,
+                "message_id": f"{exchange_id}:{i}",
+            }
+        )
     usage = transcript.usage or {}
     answer: dict[str, Any] = {
-        "role": "assistant", "content": transcript.text, "model": chat.model, "request_id": request_id,
-        "message_id": f"{exchange_id}:answer", "status": "complete" if transcript.complete else "interrupted",
-        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+        "role": "assistant",
+        "content": transcript.text,
+        "model": chat.model,
+        "request_id": request_id,
+        "message_id": f"{exchange_id}:answer",
+        "status": "complete" if transcript.complete else "interrupted",
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
         "metadata": {"finish_reason": transcript.finish_reason} if transcript.finish_reason else {},
     }
     if transcript.error:

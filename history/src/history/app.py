@@ -36,8 +36,10 @@ def create_app(settings: Settings) -> FastAPI:
             store = await open_store(settings)
         except StoreUnavailable as exc:
             app.state.store_error = StoreUnavailable(
-                exc.description, exc.reason, f"{exc.hint} The service tries again every "
-                f"{settings.store_retry_interval_s:g} s.")
+                exc.description,
+                exc.reason,
+                f"{exc.hint} The service tries again every {settings.store_retry_interval_s:g} s.",
+            )
             logger.error("could not open the store", extra={"store": description, "reason": exc.reason})
             return False
         app.state.store = MeteredStore(store, metrics)

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
         "working directory. Its folder is created if missing.",
     )
     sqlite_busy_timeout_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description="Longest wait, in seconds, for another process's write on the same SQLite file; past it the "
         "request fails with 503.",
     )
@@ -38,12 +39,14 @@ class Settings(BaseSettings):
     )
     mongodb_database: str = Field("switchboard", min_length=1, description="MongoDB database to use.")
     mongodb_timeout_s: float = Field(
-        2.0, gt=0,
+        2.0,
+        gt=0,
         description="How long to look for a reachable MongoDB server (server selection) before a request fails "
         "with 503, in seconds.",
     )
     store_retry_interval_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description="When the store cannot be opened at start, seconds between further attempts (/ready is 503 "
         "until one succeeds).",
     )

@@ -39,7 +39,9 @@ def check_session_id(session_id: str) -> str:
     if not isinstance(session_id, str) or _SESSION_ID.fullmatch(session_id) is None:
         raise InvalidSessionId(
             f"Invalid session id {session_id[:140]!r}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
-            if isinstance(session_id, str) else "The session id must be a string.")
+            if isinstance(session_id, str)
+            else "The session id must be a string."
+        )
     return session_id
 
 
@@ -69,7 +71,9 @@ class NewMessage(BaseModel):
     completion_tokens: int | None = Field(None, ge=0, description="Tokens generated for it.")
     request_id: str | None = Field(None, max_length=128, description="X-Request-ID of the request behind it.")
     message_id: str | None = Field(
-        None, min_length=1, max_length=128,
+        None,
+        min_length=1,
+        max_length=128,
         description="Client-chosen id, unique within the session: appending it again returns the stored "
         "message instead of storing a second copy (safe retries).",
     )

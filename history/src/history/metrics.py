@@ -19,18 +19,26 @@ class ServiceMetrics:
         self.registry = registry
         self.appends = Counter("history_appends", "Successful appends (requests).", registry=registry)
         self.appended_messages = Counter(
-            "history_appended_messages", "Messages in successful appends, retried ones (already stored) included.",
-            registry=registry)
-        self.reads = Counter("history_reads", "Successful reads, by kind (messages, sessions).", ["kind"],
-                             registry=registry)
-        self.deleted_messages = Counter("history_deleted_messages", "Messages removed by session deletes.",
-                                        registry=registry)
+            "history_appended_messages",
+            "Messages in successful appends, retried ones (already stored) included.",
+            registry=registry,
+        )
+        self.reads = Counter(
+            "history_reads", "Successful reads, by kind (messages, sessions).", ["kind"], registry=registry
+        )
+        self.deleted_messages = Counter(
+            "history_deleted_messages", "Messages removed by session deletes.", registry=registry
+        )
         self.store_seconds = Histogram(
-            "history_store_seconds", "Time spent in the store, by operation (append, recent, sessions, delete, "
-            "ping).", ["operation"], registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.store_errors = Counter("history_store_errors", "Store calls that failed, by operation.", ["operation"],
-                                    registry=registry)
+            "history_store_seconds",
+            "Time spent in the store, by operation (append, recent, sessions, delete, ping).",
+            ["operation"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.store_errors = Counter(
+            "history_store_errors", "Store calls that failed, by operation.", ["operation"], registry=registry
+        )
         self.store_open = Gauge("history_store_open", "1 once the store is open.", registry=registry)
 
 

@@ -122,8 +122,9 @@ def install_store_errors(app: FastAPI) -> None:
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StoreUnavailable)
-        return error_response(APIError(503, str(exc), code="store_unavailable",
-                                       headers={"Retry-After": str(RETRY_AFTER_S)}))
+        return error_response(
+            APIError(503, str(exc), code="store_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+        )
 
     async def invalid_session_id(_: Request, exc: Exception) -> Response:
         return error_response(APIError(400, str(exc), param="session_id", code="invalid_value"))

@@ -31,10 +31,15 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = GenerationMetrics(CollectorRegistry(), "inference_gguf")
     engines = {
         spec.id: LlamaEngine(
-            spec.id, spec.path,
+            spec.id,
+            spec.path,
             n_ctx=settings.n_ctx if spec.n_ctx is None else spec.n_ctx,
-            n_threads=settings.n_threads, n_batch=settings.n_batch, n_gpu_layers=settings.n_gpu_layers,
-            flash_attn=settings.flash_attn, max_queue=settings.max_queue, observer=metrics,
+            n_threads=settings.n_threads,
+            n_batch=settings.n_batch,
+            n_gpu_layers=settings.n_gpu_layers,
+            flash_attn=settings.flash_attn,
+            max_queue=settings.max_queue,
+            observer=metrics,
             verbose=settings.llama_verbose,
         )
         for spec in specs

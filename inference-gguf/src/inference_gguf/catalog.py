@@ -90,9 +90,7 @@ def discover_models(settings: Settings) -> list[ModelSpec]:
     paths.update(_scan(settings.models_dir))
 
     entries = _load_config(settings.models_config).models if settings.models_config else []
-    specs: dict[str, ModelSpec] = {
-        model_id: ModelSpec(id=model_id, path=path) for model_id, path in paths.items()
-    }
+    specs: dict[str, ModelSpec] = {model_id: ModelSpec(id=model_id, path=path) for model_id, path in paths.items()}
     for entry in entries:
         if entry.path is None and entry.id not in specs:
             raise CatalogError(

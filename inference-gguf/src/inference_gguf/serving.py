@@ -17,8 +17,13 @@ __all__ = ["ChatServing"]
 
 
 class ChatServing(EngineServing):
-    def __init__(self, engines: dict[str, LlamaEngine], defaults: dict[str, SamplingDefaults],
-                 metrics: GenerationMetrics, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        engines: dict[str, LlamaEngine],
+        defaults: dict[str, SamplingDefaults],
+        metrics: GenerationMetrics,
+        retry_after_s: int,
+    ) -> None:
         super().__init__(metrics, retry_after_s)
         self.engines = engines
         self.defaults = defaults
@@ -26,11 +31,14 @@ class ChatServing(EngineServing):
     def engine_for(self, model: str) -> LlamaEngine:
         engine = self.engines.get(model)
         if engine is None:
-            raise APIError(404, f"The model '{model}' does not exist. Available models: "
-                           f"{', '.join(sorted(self.engines))}.", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist. Available models: {', '.join(sorted(self.engines))}.",
+                param="model",
+                code="model_not_found",
+            )
         if not engine.loaded:
-            raise APIError(503, f"The model '{model}' is still loading; retry shortly.",
-                           headers={"Retry-After": "5"})
+            raise APIError(503, f"The model '{model}' is still loading; retry shortly.", headers={"Retry-After": "5"})
         return engine
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:

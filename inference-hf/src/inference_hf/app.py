@@ -34,17 +34,25 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = ServiceMetrics(CollectorRegistry())
     engine = HFEngine(max_queue=settings.max_queue, observer=metrics, num_threads=settings.num_threads)
     manager = ModelManager(
-        specs, engine, cache_dir=settings.models_cache_dir, max_loaded=settings.max_loaded_models,
-        keep_alive_s=settings.keep_alive_s, max_batch_size=settings.max_batch_size,
-        auto_8bit_above_bytes=settings.auto_8bit_above_gb * 1e9, retry_after_s=settings.retry_after_s,
-        observer=metrics)
+        specs,
+        engine,
+        cache_dir=settings.models_cache_dir,
+        max_loaded=settings.max_loaded_models,
+        keep_alive_s=settings.keep_alive_s,
+        max_batch_size=settings.max_batch_size,
+        auto_8bit_above_bytes=settings.auto_8bit_above_gb * 1e9,
+        retry_after_s=settings.retry_after_s,
+        observer=metrics,
+    )
     serving = ChatServing(engine, manager, metrics, settings.retry_after_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
-        tasks = [asyncio.create_task(manager.start()),
-                 asyncio.create_task(manager.run_keep_alive(settings.idle_check_interval_s))]
+        tasks = [
+            asyncio.create_task(manager.start()),
+            asyncio.create_task(manager.run_keep_alive(settings.idle_check_interval_s)),
+        ]
         try:
             yield
         finally:

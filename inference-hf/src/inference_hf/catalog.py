@@ -77,8 +77,10 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _one_origin(self) -> ModelSpec:
         if (self.source is None) == (self.gguf is None):
-            raise ValueError(f"model '{self.id}': give exactly one of 'source' (a model directory or hub name) "
-                             "or 'gguf' (a GGUF file, or 'bundled')")
+            raise ValueError(
+                f"model '{self.id}': give exactly one of 'source' (a model directory or hub name) "
+                "or 'gguf' (a GGUF file, or 'bundled')"
+            )
         return self
 
     def location(self, cache_dir: Path) -> str:
@@ -103,8 +105,13 @@ def default_specs() -> list[ModelSpec]:
     """SmolLM2-135M-Instruct from the bundled GGUF, in full precision and in NF4 4-bit."""
     return [
         ModelSpec(id=DEFAULT_MODEL_ID, gguf=BUNDLED, quantization="none", dtype="float32"),
-        ModelSpec(id=DEFAULT_NF4_MODEL_ID, gguf=BUNDLED, quantization="4bit", dtype="float32",
-                  bnb_4bit=Bnb4bit(quant_type="nf4", compute_dtype="float32")),
+        ModelSpec(
+            id=DEFAULT_NF4_MODEL_ID,
+            gguf=BUNDLED,
+            quantization="4bit",
+            dtype="float32",
+            bnb_4bit=Bnb4bit(quant_type="nf4", compute_dtype="float32"),
+        ),
     ]
 
 

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     idle_check_interval_s: float = Field(
         5.0, gt=0, description="How often idle models are checked against their keep-alive."
     )
-    max_batch_size: int = Field(
-        8, ge=1, description="Sequences of one model that decode together in one forward pass."
-    )
+    max_batch_size: int = Field(8, ge=1, description="Sequences of one model that decode together in one forward pass.")
     max_queue: int = Field(
         16,
         ge=1,

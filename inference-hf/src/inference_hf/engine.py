@@ -156,8 +156,9 @@ class EngineObserver(Protocol):
 
 
 # -- sampling ---------------------------------------------------------------------------------------
-def sample_token(logits: torch.Tensor, params: SamplingParams, history: list[int],
-                 generator: torch.Generator | None) -> int:
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None
+) -> int:
     """One token from one row of logits, in llama.cpp's order: penalties, top-k, top-p, min-p, temperature.
 
     ``history`` is the prompt and the tokens generated so far (the penalties look at its last
@@ -200,8 +201,9 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, history: list[int
 class _Row:
     """A sequence's decoding state: text, stop sequences, limits, sampler."""
 
-    def __init__(self, seq: Sequence, *, tokenizer: Any, eos_ids: frozenset[int], limit: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, seq: Sequence, *, tokenizer: Any, eos_ids: frozenset[int], limit: int, device: torch.device
+    ) -> None:
         self.seq = seq
         self.params = seq.params
         self.eos_ids = eos_ids
@@ -286,8 +288,15 @@ def _padded(lm: _Loaded, rows: list[_Row], *, left: bool) -> tuple[torch.Tensor,
 class _CausalBatch:
     """Decoder-only rows sharing one left-padded ``DynamicCache``."""
 
-    def __init__(self, rows: list[_Row], cache: Any, mask: torch.Tensor, positions: torch.Tensor,
-                 last: torch.Tensor, mergeable: bool) -> None:
+    def __init__(
+        self,
+        rows: list[_Row],
+        cache: Any,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        last: torch.Tensor,
+        mergeable: bool,
+    ) -> None:
         self.rows = rows
         self.cache = cache
         self.mask = mask  # [B, T]: 1 where the cache holds a real token
@@ -299,8 +308,11 @@ class _CausalBatch:
     def prefill(cls, lm: _Loaded, rows: list[_Row]) -> tuple[_CausalBatch, torch.Tensor]:
         ids, mask = _padded(lm, rows, left=True)  # left: every row's next token lands in the same column
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": DynamicCache(config=lm.model.config),
-                                  "use_cache": True}
+        kwargs: dict[str, Any] = {
+            "attention_mask": mask,
+            "past_key_values": DynamicCache(config=lm.model.config),
+            "use_cache": True,
+        }
         if lm.takes_positions:
             kwargs["position_ids"] = positions
         if lm.takes_logits_to_keep:
@@ -358,8 +370,9 @@ class _Seq2SeqBatch:
 
     mergeable = False
 
-    def __init__(self, rows: list[_Row], cache: Any, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
-                 last: torch.Tensor) -> None:
+    def __init__(
+        self, rows: list[_Row], cache: Any, encoder_states: torch.Tensor, encoder_mask: torch.Tensor, last: torch.Tensor
+    ) -> None:
         self.rows = rows
         self.cache = cache
         self.encoder_states = encoder_states
@@ -375,9 +388,13 @@ class _Seq2SeqBatch:
         return batch, batch.forward(lm)
 
     def forward(self, lm: _Loaded) -> torch.Tensor:
-        out = lm.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoder_states),
-                       attention_mask=self.encoder_mask, decoder_input_ids=self.last[:, None],
-                       past_key_values=self.cache, use_cache=True)
+        out = lm.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=self.encoder_states),
+            attention_mask=self.encoder_mask,
+            decoder_input_ids=self.last[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
@@ -502,10 +519,19 @@ class HFEngine:
             raise LoadError(f"{type(exc).__name__}: {exc}") from exc
         with self._cond:
             self._models[spec.id] = loaded
-        logger.info("model loaded", extra={
-            "model": spec.id, "location": location, "device": loaded.info.device, "dtype": loaded.info.dtype,
-            "quantization": loaded.info.quantization, "memory_bytes": loaded.info.memory_bytes,
-            "batching": loaded.info.batching, "load_s": round(time.perf_counter() - started, 2)})
+        logger.info(
+            "model loaded",
+            extra={
+                "model": spec.id,
+                "location": location,
+                "device": loaded.info.device,
+                "dtype": loaded.info.dtype,
+                "quantization": loaded.info.quantization,
+                "memory_bytes": loaded.info.memory_bytes,
+                "batching": loaded.info.batching,
+                "load_s": round(time.perf_counter() - started, 2),
+            },
+        )
         return loaded.info
 
     def _build(self, spec: ModelSpec, location: str, max_batch_size: int, auto_8bit_above_bytes: float) -> _Loaded:
@@ -515,8 +541,10 @@ class HFEngine:
             size = _weights_bytes(location)
             quantization = "8bit" if device == "cuda" and size is not None and size > auto_8bit_above_bytes else "none"
         if quantization != "none" and device == "mps":
-            raise LoadError(f"model '{spec.id}': bitsandbytes {quantization} quantization runs on CUDA or CPU, "
-                            "not on MPS; use quantization 'none' or device 'cpu'")
+            raise LoadError(
+                f"model '{spec.id}': bitsandbytes {quantization} quantization runs on CUDA or CPU, "
+                "not on MPS; use quantization 'none' or device 'cpu'"
+            )
         dtype = _DTYPES[spec.dtype] if spec.dtype != "auto" else (torch.float32 if device == "cpu" else torch.float16)
         trust = spec.trust_remote_code
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust)
@@ -526,8 +554,11 @@ class HFEngine:
             opts = spec.bnb_4bit
             compute = dtype if opts.compute_dtype == "auto" else _DTYPES[opts.compute_dtype]
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=opts.quant_type,
-                bnb_4bit_use_double_quant=opts.double_quant, bnb_4bit_compute_dtype=compute)
+                load_in_4bit=True,
+                bnb_4bit_quant_type=opts.quant_type,
+                bnb_4bit_use_double_quant=opts.double_quant,
+                bnb_4bit_compute_dtype=compute,
+            )
         elif quantization == "8bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": device}  # straight onto the device, without a full copy in CPU memory first
@@ -545,25 +576,48 @@ class HFEngine:
                 eos.add(source)
             elif isinstance(source, list | tuple):
                 eos.update(int(t) for t in source)
-        pad = next((t for t in (tokenizer.pad_token_id, getattr(config, "pad_token_id", None), *sorted(eos))
-                    if isinstance(t, int)), 0)
-        start_candidates = (getattr(gen, "decoder_start_token_id", None),
-                            getattr(config, "decoder_start_token_id", None), getattr(config, "bos_token_id", None), pad)
+        pad = next(
+            (
+                t
+                for t in (tokenizer.pad_token_id, getattr(config, "pad_token_id", None), *sorted(eos))
+                if isinstance(t, int)
+            ),
+            0,
+        )
+        start_candidates = (
+            getattr(gen, "decoder_start_token_id", None),
+            getattr(config, "decoder_start_token_id", None),
+            getattr(config, "bos_token_id", None),
+            pad,
+        )
         start = next((t for t in start_candidates if isinstance(t, int)), 0)
         params = inspect.signature(model.forward).parameters
         takes_positions = "position_ids" in params and not is_ed
         first = next(model.parameters())
         context = spec.max_context or _context_length(config, tokenizer)
         info = ModelInfo(
-            device=str(first.device), dtype=str(dtype).removeprefix("torch."),
+            device=str(first.device),
+            dtype=str(dtype).removeprefix("torch."),
             quantization=spec.quantization_label() if spec.quantization != "auto" else quantization,
-            memory_bytes=int(model.get_memory_footprint()), context_length=context,
-            is_encoder_decoder=is_ed, has_chat_template=bool(tokenizer.chat_template),
-            batching="continuous" if takes_positions else "cohort")
-        return _Loaded(model_id=spec.id, model=model, tokenizer=tokenizer, info=info, device=first.device,
-                       eos_ids=frozenset(eos), pad_id=pad, decoder_start_id=start, takes_positions=takes_positions,
-                       takes_logits_to_keep="logits_to_keep" in params,
-                       max_batch_size=spec.max_batch_size or max_batch_size)
+            memory_bytes=int(model.get_memory_footprint()),
+            context_length=context,
+            is_encoder_decoder=is_ed,
+            has_chat_template=bool(tokenizer.chat_template),
+            batching="continuous" if takes_positions else "cohort",
+        )
+        return _Loaded(
+            model_id=spec.id,
+            model=model,
+            tokenizer=tokenizer,
+            info=info,
+            device=first.device,
+            eos_ids=frozenset(eos),
+            pad_id=pad,
+            decoder_start_id=start,
+            takes_positions=takes_positions,
+            takes_logits_to_keep="logits_to_keep" in params,
+            max_batch_size=spec.max_batch_size or max_batch_size,
+        )
 
     def unload(self, model_id: str) -> None:
         """Let go of a model: its sequences end with :class:`Failed`, its memory is returned. Blocks until done."""
@@ -624,8 +678,10 @@ class HFEngine:
         loaded = self._get(model_id)
         tokenizer = loaded.tokenizer
         if not tokenizer.chat_template:
-            raise TemplateError(f"the model '{model_id}' has no chat template: its tokenizer defines none. Set "
-                                "chat_template in its entry of the models config (INFERENCE_HF_MODELS_CONFIG).")
+            raise TemplateError(
+                f"the model '{model_id}' has no chat template: its tokenizer defines none. Set "
+                "chat_template in its entry of the models config (INFERENCE_HF_MODELS_CONFIG)."
+            )
         try:
             return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         except Exception as exc:  # jinja2 errors, including the template's own raise_exception()
@@ -656,7 +712,8 @@ class HFEngine:
             while True:
                 with self._cond:
                     while not self._stopping and not any(
-                            m.closing or m.inbox or m.batches for m in self._models.values()):
+                        m.closing or m.inbox or m.batches for m in self._models.values()
+                    ):
                         self._cond.wait()
                     if self._stopping:
                         return
@@ -705,8 +762,11 @@ class HFEngine:
             while lm.inbox and len(rows) < room:
                 seq = lm.inbox.popleft()
                 if seq.cancelled:  # gone before it started
-                    self._finish(lm, _Row(seq, tokenizer=lm.tokenizer, eos_ids=lm.eos_ids, limit=0,
-                                          device=lm.device), "cancelled")
+                    self._finish(
+                        lm,
+                        _Row(seq, tokenizer=lm.tokenizer, eos_ids=lm.eos_ids, limit=0, device=lm.device),
+                        "cancelled",
+                    )
                     continue
                 limit = max(0, min(seq.params.max_tokens, self._room(lm, seq)))
                 rows.append(_Row(seq, tokenizer=lm.tokenizer, eos_ids=lm.eos_ids, limit=limit, device=lm.device))
@@ -789,10 +849,17 @@ class HFEngine:
         lm.stats.finished += 1
         if event.finish_reason == "cancelled":
             lm.stats.cancelled += 1
-        logger.info("generation finished", extra={
-            "model": lm.model_id, "request_id": row.seq.request_id, "finish_reason": event.finish_reason,
-            "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-            "duration_ms": round((time.perf_counter() - row.started) * 1000, 1)})
+        logger.info(
+            "generation finished",
+            extra={
+                "model": lm.model_id,
+                "request_id": row.seq.request_id,
+                "finish_reason": event.finish_reason,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "duration_ms": round((time.perf_counter() - row.started) * 1000, 1),
+            },
+        )
         self._observer.finished(lm.model_id, event, row.first_token_s)
         row.seq.sink(event)
 

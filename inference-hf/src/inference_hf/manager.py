@@ -81,9 +81,20 @@ class Lease:
 
 
 class ModelManager:
-    def __init__(self, specs: list[ModelSpec], loader: Loader, *, cache_dir: Path, max_loaded: int,
-                 keep_alive_s: float, max_batch_size: int, auto_8bit_above_bytes: float, retry_after_s: int,
-                 observer: ManagerObserver | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        loader: Loader,
+        *,
+        cache_dir: Path,
+        max_loaded: int,
+        keep_alive_s: float,
+        max_batch_size: int,
+        auto_8bit_above_bytes: float,
+        retry_after_s: int,
+        observer: ManagerObserver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._loader = loader
         self._cache_dir = cache_dir
         self._max_loaded = max_loaded
@@ -92,8 +103,9 @@ class ModelManager:
         self._retry_after_s = retry_after_s
         self._observer = observer
         self.clock = clock
-        self.states = {s.id: ModelState(s, s.keep_alive_s if s.keep_alive_s is not None else keep_alive_s)
-                       for s in specs}
+        self.states = {
+            s.id: ModelState(s, s.keep_alive_s if s.keep_alive_s is not None else keep_alive_s) for s in specs
+        }
         self._lock = asyncio.Lock()
         self._pending_gguf: dict[Path, str | None] = {}  # GGUF -> preparation error (None while preparing)
         self.started = False  # preparation and preloading are over (whatever their outcome)
@@ -113,8 +125,10 @@ class ModelManager:
             for state in states:
                 state.status = "preparing"
         for gguf, states in sources.items():
-            logger.info("preparing a Hugging Face model directory from a GGUF file (once)",
-                        extra={"gguf": str(gguf), "cache_dir": str(self._cache_dir)})
+            logger.info(
+                "preparing a Hugging Face model directory from a GGUF file (once)",
+                extra={"gguf": str(gguf), "cache_dir": str(self._cache_dir)},
+            )
             try:
                 await asyncio.to_thread(prepare_gguf, gguf, self._cache_dir, progress=_ProgressLog(gguf.name))
                 del self._pending_gguf[gguf]
@@ -131,8 +145,10 @@ class ModelManager:
                 if not state.spec.preload or state.status == "failed":
                     continue
                 if self._loaded_count() >= self._max_loaded:
-                    logger.warning("not preloading: INFERENCE_HF_MAX_LOADED_MODELS reached; it loads on first use",
-                                   extra={"model": state.spec.id})
+                    logger.warning(
+                        "not preloading: INFERENCE_HF_MAX_LOADED_MODELS reached; it loads on first use",
+                        extra={"model": state.spec.id},
+                    )
                     continue
                 try:
                     await self._ensure_loaded(state)
@@ -154,8 +170,12 @@ class ModelManager:
     def state(self, model_id: str) -> ModelState:
         state = self.states.get(model_id)
         if state is None:
-            raise APIError(404, f"The model '{model_id}' does not exist. Available models: "
-                           f"{', '.join(self.states)}.", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{model_id}' does not exist. Available models: {', '.join(self.states)}.",
+                param="model",
+                code="model_not_found",
+            )
         return state
 
     async def acquire(self, model_id: str) -> Lease:
@@ -163,8 +183,12 @@ class ModelManager:
         state = self.state(model_id)
         if state.status == "loading" and not self.started:
             # Start-up: answer at once, as inference-gguf does, rather than hold the client for the load.
-            raise APIError(503, f"The model '{model_id}' is still loading; retry shortly.", code="model_loading",
-                           headers={"Retry-After": "5"})
+            raise APIError(
+                503,
+                f"The model '{model_id}' is still loading; retry shortly.",
+                code="model_loading",
+                headers={"Retry-After": "5"},
+            )
         if state.status != "loaded":
             await self._ensure_loaded(state)
         state.in_flight += 1  # no await since the load finished: nothing can unload it in between
@@ -183,17 +207,28 @@ class ModelManager:
             if state.status != "loaded":
                 return state
             if state.in_flight:
-                raise APIError(409, f"The model '{model_id}' has {state.in_flight} request(s) in flight; unload "
-                               "it once they have finished.", code="model_busy", headers={"Retry-After": "1"})
+                raise APIError(
+                    409,
+                    f"The model '{model_id}' has {state.in_flight} request(s) in flight; unload "
+                    "it once they have finished.",
+                    code="model_busy",
+                    headers={"Retry-After": "1"},
+                )
             await self._unload_locked(state, reason)
         return state
 
     async def unload_idle(self) -> list[str]:
         """Unload every model idle for longer than its keep-alive; return their ids."""
         now = self.clock()
-        expired = [s for s in self.states.values()
-                   if s.status == "loaded" and s.in_flight == 0 and s.keep_alive_s >= 0
-                   and s.last_used is not None and now - s.last_used >= s.keep_alive_s]
+        expired = [
+            s
+            for s in self.states.values()
+            if s.status == "loaded"
+            and s.in_flight == 0
+            and s.keep_alive_s >= 0
+            and s.last_used is not None
+            and now - s.last_used >= s.keep_alive_s
+        ]
         done = []
         for state in expired:
             async with self._lock:
@@ -225,8 +260,9 @@ class ModelManager:
         # A client that goes away does not cancel the load others may be waiting for.
         await asyncio.shield(state.load_task)
         if state.status != "loaded":
-            raise APIError(503, f"The model '{state.spec.id}' could not be loaded: {state.error}",
-                           code="model_load_failed")
+            raise APIError(
+                503, f"The model '{state.spec.id}' could not be loaded: {state.error}", code="model_load_failed"
+            )
 
     def _gguf_problem(self, spec: ModelSpec) -> APIError | None:
         if spec.gguf is None:
@@ -239,8 +275,12 @@ class ModelManager:
             return None
         error = self._pending_gguf[gguf]
         if error is None:
-            return APIError(503, f"The model '{spec.id}' is being prepared from {gguf.name} (first start); "
-                            "retry shortly.", code="model_preparing", headers={"Retry-After": "5"})
+            return APIError(
+                503,
+                f"The model '{spec.id}' is being prepared from {gguf.name} (first start); retry shortly.",
+                code="model_preparing",
+                headers={"Retry-After": "5"},
+            )
         return APIError(503, f"The model '{spec.id}' cannot be served: {error}", code="model_load_failed")
 
     async def _load(self, state: ModelState) -> None:
@@ -254,8 +294,12 @@ class ModelManager:
             try:
                 location = spec.location(self._cache_dir)
                 state.info = await asyncio.to_thread(
-                    self._loader.load, spec, location, max_batch_size=self._max_batch_size,
-                    auto_8bit_above_bytes=self._auto_8bit)
+                    self._loader.load,
+                    spec,
+                    location,
+                    max_batch_size=self._max_batch_size,
+                    auto_8bit_above_bytes=self._auto_8bit,
+                )
             except Exception as exc:
                 state.status, state.error, state.info = "failed", str(exc) or type(exc).__name__, None
                 logger.error("model failed to load", extra={"model": spec.id, "error": state.error})
@@ -263,8 +307,9 @@ class ModelManager:
             state.status = "loaded"
             state.last_used = self.clock()
             if self._observer is not None:
-                self._observer.model_loaded(spec.id, int(getattr(state.info, "memory_bytes", 0)),
-                                            time.perf_counter() - started)
+                self._observer.model_loaded(
+                    spec.id, int(getattr(state.info, "memory_bytes", 0)), time.perf_counter() - started
+                )
 
     async def _make_room(self, incoming: ModelState) -> None:
         """Unload least recently used idle models until ``incoming`` fits; 503 when every loaded one is busy."""
@@ -272,10 +317,14 @@ class ModelManager:
             idle = [s for s in self.states.values() if s.status == "loaded" and s.in_flight == 0]
             if not idle:
                 busy = [s.spec.id for s in self.states.values() if s.status == "loaded"]
-                raise APIError(503, f"Cannot load '{incoming.spec.id}': INFERENCE_HF_MAX_LOADED_MODELS="
-                               f"{self._max_loaded} models are loaded and all are serving requests "
-                               f"({', '.join(busy)}); retry shortly.", code="models_busy",
-                               headers={"Retry-After": str(self._retry_after_s)})
+                raise APIError(
+                    503,
+                    f"Cannot load '{incoming.spec.id}': INFERENCE_HF_MAX_LOADED_MODELS="
+                    f"{self._max_loaded} models are loaded and all are serving requests "
+                    f"({', '.join(busy)}); retry shortly.",
+                    code="models_busy",
+                    headers={"Retry-After": str(self._retry_after_s)},
+                )
             victim = min(idle, key=lambda s: s.last_used or 0.0)
             await self._unload_locked(victim, f"evicted for {incoming.spec.id}")
 
@@ -307,7 +356,11 @@ class ModelManager:
             except PrepareError:
                 context = None
         return {
-            "id": spec.id, "object": "model", "created": self.created, "owned_by": SERVICE, "context_length": context,
+            "id": spec.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": SERVICE,
+            "context_length": context,
             "state": {
                 "loaded": loaded,
                 "status": state.status,

@@ -16,22 +16,38 @@ class ServiceMetrics(GenerationMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry, "inference_hf")
         self.forward_passes = Counter(
-            "inference_hf_forward_passes", "Forward passes by kind (prefill, decode).", ["model", "kind"],
-            registry=registry)
+            "inference_hf_forward_passes",
+            "Forward passes by kind (prefill, decode).",
+            ["model", "kind"],
+            registry=registry,
+        )
         self.batch_rows = Histogram(
-            "inference_hf_decode_batch_rows", "Sequences decoded together in one forward pass.", ["model"],
-            registry=registry, buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+            "inference_hf_decode_batch_rows",
+            "Sequences decoded together in one forward pass.",
+            ["model"],
+            registry=registry,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+        )
         self.memory = Gauge(
-            "inference_hf_model_memory_bytes", "Memory footprint of the loaded model's weights and buffers.",
-            ["model"], registry=registry)
-        self.loads = Counter(
-            "inference_hf_model_loads", "Model loads.", ["model"], registry=registry)
+            "inference_hf_model_memory_bytes",
+            "Memory footprint of the loaded model's weights and buffers.",
+            ["model"],
+            registry=registry,
+        )
+        self.loads = Counter("inference_hf_model_loads", "Model loads.", ["model"], registry=registry)
         self.unloads = Counter(
-            "inference_hf_model_unloads", "Model unloads by reason (request, keep_alive, evicted).",
-            ["model", "reason"], registry=registry)
+            "inference_hf_model_unloads",
+            "Model unloads by reason (request, keep_alive, evicted).",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.load_seconds = Histogram(
-            "inference_hf_model_load_seconds", "Time to load a model.", ["model"], registry=registry,
-            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+            "inference_hf_model_load_seconds",
+            "Time to load a model.",
+            ["model"],
+            registry=registry,
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        )
 
     # EngineObserver, beyond GenerationMetrics
     def forward(self, model: str, kind: str, rows: int) -> None:

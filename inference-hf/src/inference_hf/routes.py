@@ -68,9 +68,12 @@ async def ready(request: Request) -> dict[str, object]:
     status, reason = manager.readiness()
     if status != "ready":
         if status == "failed":
-            raise APIError(503, f"model(s) failed to load: {reason}. Fix the models config or the files and "
-                           "restart the service, or load them again with POST /v1/models/{id}/load.",
-                           code="model_load_failed")
+            raise APIError(
+                503,
+                f"model(s) failed to load: {reason}. Fix the models config or the files and "
+                "restart the service, or load them again with POST /v1/models/{id}/load.",
+                code="model_load_failed",
+            )
         raise APIError(503, reason, code="loading", headers={"Retry-After": "2"})
     loaded = [m for m, s in manager.states.items() if s.status == "loaded"]
     return {"status": "ready", "models": list(manager.states), "loaded": loaded}

@@ -43,8 +43,13 @@ class ChatServing(EngineServing):
             raise self.template_failed(model, exc) from exc
         except ModelNotLoaded as exc:  # not expected while the lease is held; say so plainly if it happens
             raise _unloaded(model) from exc
-        params = self.sampling(request, self.manager.state(model).spec.defaults, n_ctx=info.context_length,
-                               prompt_tokens=len(tokens), encoder_decoder=info.is_encoder_decoder)
+        params = self.sampling(
+            request,
+            self.manager.state(model).spec.defaults,
+            n_ctx=info.context_length,
+            prompt_tokens=len(tokens),
+            encoder_decoder=info.is_encoder_decoder,
+        )
         # The lease ends when the engine is done with the sequence, whether or not anyone still listens.
         events, sink = event_bridge(on_final=lease.release)
         seq = Sequence(tokens, params, sink, request_id=request_id())

@@ -80,7 +80,7 @@ def split_text(text: str, size: int, overlap: int) -> list[Chunk]:
             chunks.append(Chunk(text[start:last], start, last))
             return chunks
         limit = start + size
-        candidates = gaps[bisect_right(befores, covered):bisect_right(befores, limit)]
+        candidates = gaps[bisect_right(befores, covered) : bisect_right(befores, limit)]
         if not candidates:
             if resume > start:  # the overlap left too little room for the next word: start without it
                 start = resume
@@ -92,7 +92,7 @@ def split_text(text: str, size: int, overlap: int) -> list[Chunk]:
         half = start + size // 2
         filled = [gap for gap in candidates if gap.before >= half] or candidates[-1:]
         cut = max(filled, key=lambda gap: (gap.level, gap.before))
-        chunks.append(Chunk(text[start:cut.before], start, cut.before))
+        chunks.append(Chunk(text[start : cut.before], start, cut.before))
         covered, resume = cut.before, cut.after
         next_start = cut.after
         if overlap:

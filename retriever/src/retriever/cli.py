@@ -48,32 +48,48 @@ def _default_url() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retriever", description="Switchboard retriever. Without a "
-                                     "command it serves (settings from RETRIEVER_* variables).")
+    parser = argparse.ArgumentParser(
+        prog="python -m retriever",
+        description="Switchboard retriever. Without a command it serves (settings from RETRIEVER_* variables).",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the service (the default)")
 
-    ingest = commands.add_parser("ingest", help="send documents from files to a running retriever",
-                                 description="Read documents from files and folders (" + ", ".join(SUFFIXES) +
-                                 ") and upsert them into COLLECTION of a running retriever.")
+    ingest = commands.add_parser(
+        "ingest",
+        help="send documents from files to a running retriever",
+        description="Read documents from files and folders ("
+        + ", ".join(SUFFIXES)
+        + ") and upsert them into COLLECTION of a running retriever.",
+    )
     ingest.add_argument("collection")
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="file or folder (walked)")
     ingest.add_argument("--batch", type=int, default=128, help="documents per request (default 128)")
 
-    seed = commands.add_parser("import-seed", help="import the IT-support system's FAISS index, pickle and config",
-                               description="Upload the seed's three files to COLLECTION of a running retriever; "
-                               "its vectors are reused when they come from the collection's embedder.")
+    seed = commands.add_parser(
+        "import-seed",
+        help="import the IT-support system's FAISS index, pickle and config",
+        description="Upload the seed's three files to COLLECTION of a running retriever; "
+        "its vectors are reused when they come from the collection's embedder.",
+    )
     seed.add_argument("collection")
     seed.add_argument("--index", type=Path, required=True, help="the FAISS index (it_support_faiss_index.bin)")
     seed.add_argument("--metadata", type=Path, required=True, help="the pickle (it_support_metadata.pkl)")
     seed.add_argument("--config", type=Path, required=True, help="the config (it_support_config.json)")
 
     for command in (ingest, seed):
-        command.add_argument("--url", default=_default_url(),
-                             help="the retriever's base URL (default: RETRIEVER_URL or http://127.0.0.1:8003)")
-        command.add_argument("--create", action=argparse.BooleanOptionalAction, default=True,
-                             help="create the collection with the service's defaults if it does not exist "
-                             "(default); --no-create makes that an error")
+        command.add_argument(
+            "--url",
+            default=_default_url(),
+            help="the retriever's base URL (default: RETRIEVER_URL or http://127.0.0.1:8003)",
+        )
+        command.add_argument(
+            "--create",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="create the collection with the service's defaults if it does not exist "
+            "(default); --no-create makes that an error",
+        )
     return parser
 
 
@@ -92,8 +108,11 @@ def _wait_ready(client: httpx.Client, url: str) -> None:
         try:
             response = client.get("/ready")
         except httpx.TransportError as exc:
-            raise _Failure(f"cannot reach the retriever at {url} ({type(exc).__name__}): start it with `make run` "
-                           "or `python -m retriever`, or point --url at it", 3) from None
+            raise _Failure(
+                f"cannot reach the retriever at {url} ({type(exc).__name__}): start it with `make run` "
+                "or `python -m retriever`, or point --url at it",
+                3,
+            ) from None
         if response.status_code == 200:
             return
         body_code = None
@@ -121,8 +140,11 @@ def _ensure_collection(client: httpx.Client, name: str, create: bool) -> None:
     if response.status_code not in (200, 201):
         raise _Failure(f"cannot create collection '{name}': {_message(response)}", 2)
     info = response.json()
-    print(f"created collection '{name}' (embedder {info['embedder']}, chunk_size {info['chunk_size']}, "
-          f"chunk_overlap {info['chunk_overlap']}, index {info['index_mode']})", file=sys.stderr)
+    print(
+        f"created collection '{name}' (embedder {info['embedder']}, chunk_size {info['chunk_size']}, "
+        f"chunk_overlap {info['chunk_overlap']}, index {info['index_mode']})",
+        file=sys.stderr,
+    )
 
 
 def _client(url: str) -> httpx.Client:
@@ -142,35 +164,45 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"skipped {path}: no text", file=sys.stderr)
     documents = loaded.documents
     if not documents:
-        raise _Failure(f"no documents found in {', '.join(map(str, args.paths))} (looked for "
-                       f"{', '.join(SUFFIXES)} files)", 2)
+        raise _Failure(
+            f"no documents found in {', '.join(map(str, args.paths))} (looked for {', '.join(SUFFIXES)} files)", 2
+        )
     totals = {"upserted": 0, "unchanged": 0, "chunks": 0}
     with _client(args.url) as client:
         _wait_ready(client, args.url)
         _ensure_collection(client, args.collection, args.create)
-        with tqdm(total=len(documents), unit="doc", desc=f"ingest {args.collection}", file=sys.stderr,
-                  dynamic_ncols=True) as progress:
+        with tqdm(
+            total=len(documents), unit="doc", desc=f"ingest {args.collection}", file=sys.stderr, dynamic_ncols=True
+        ) as progress:
             for start in range(0, len(documents), args.batch):
-                batch = documents[start:start + args.batch]
+                batch = documents[start : start + args.batch]
                 body = {"documents": [doc.model_dump(exclude_none=True) for doc in batch]}
                 try:
                     response = client.post(f"/v1/collections/{args.collection}/documents", json=body)
                 except httpx.TransportError as exc:
-                    raise _Failure(f"lost the retriever at {args.url} ({type(exc).__name__}) after {start} "
-                                   "documents; those are stored. Run the same command again once it is back: "
-                                   "unchanged documents are skipped.", 3) from None
+                    raise _Failure(
+                        f"lost the retriever at {args.url} ({type(exc).__name__}) after {start} "
+                        "documents; those are stored. Run the same command again once it is back: "
+                        "unchanged documents are skipped.",
+                        3,
+                    ) from None
                 if response.status_code != 200:
-                    raise _Failure(f"the retriever refused documents {batch[0].id!r}..{batch[-1].id!r}: "
-                                   f"{_message(response)} The {start} documents before them are stored; fix the "
-                                   "input and run again (unchanged documents are skipped).", 1)
+                    raise _Failure(
+                        f"the retriever refused documents {batch[0].id!r}..{batch[-1].id!r}: "
+                        f"{_message(response)} The {start} documents before them are stored; fix the "
+                        "input and run again (unchanged documents are skipped).",
+                        1,
+                    )
                 result = response.json()
                 for key in totals:
                     totals[key] += result[key]
                 progress.set_postfix(chunks=totals["chunks"], unchanged=totals["unchanged"], refresh=False)
                 progress.update(len(batch))
-    print(f"ingested {len(documents)} documents from {loaded.files} file(s) into '{args.collection}': "
-          f"{totals['upserted']} added or changed, {totals['unchanged']} unchanged, {totals['chunks']} chunks "
-          "embedded")
+    print(
+        f"ingested {len(documents)} documents from {loaded.files} file(s) into '{args.collection}': "
+        f"{totals['upserted']} added or changed, {totals['unchanged']} unchanged, {totals['chunks']} chunks "
+        "embedded"
+    )
     return 0
 
 
@@ -189,8 +221,10 @@ def _import_seed(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         raise _Failure(f"the retriever refused the import: {_message(response)}", 1)
     result = response.json()
-    print(f"imported {result['documents']} records into '{args.collection}': {result['upserted']} added or "
-          f"changed, {result['unchanged']} unchanged, {result['chunks']} chunks; {result['note']}")
+    print(
+        f"imported {result['documents']} records into '{args.collection}': {result['upserted']} added or "
+        f"changed, {result['unchanged']} unchanged, {result['chunks']} chunks; {result['note']}"
+    )
     return 0
 
 

@@ -36,8 +36,16 @@ from retriever.index import HNSWParams, IndexKind, VectorIndex, write_atomically
 from retriever.schemas import CollectionInfo, DocumentIn, Hit, UpsertResult
 from retriever.store import ChunkRow, CollectionConfig, CollectionStore, DocumentRow
 
-__all__ = ["DB_FILE", "Collection", "CollectionClosed", "IndexPolicy", "PreparedDocument", "UpsertPlan",
-           "content_hash", "embedding_input"]
+__all__ = [
+    "DB_FILE",
+    "Collection",
+    "CollectionClosed",
+    "IndexPolicy",
+    "PreparedDocument",
+    "UpsertPlan",
+    "content_hash",
+    "embedding_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +179,10 @@ class Collection:
                     return index
             except ValueError as exc:
                 reason = str(exc)
-        logger.info("rebuilding the index from the stored vectors", extra={
-            "collection": self.name, "reason": reason, "chunks": self._chunks, "index": wanted})
+        logger.info(
+            "rebuilding the index from the stored vectors",
+            extra={"collection": self.name, "reason": reason, "chunks": self._chunks, "index": wanted},
+        )
         ids, vectors = self._store.vectors(self.config.dimension)
         index = VectorIndex.build(self.config.dimension, wanted, self._policy.hnsw, ids, vectors)
         self._index = index
@@ -220,10 +230,16 @@ class Collection:
         """Sizes and settings. Takes no lock (it is called on the event loop, which must not wait for a commit):
         the counts are read as they are at that instant."""
         return CollectionInfo(
-            name=self.name, embedder=self.config.embedder, dimension=self.config.dimension,
-            documents=len(self._docs), chunks=self._chunks, index=self._index.kind,
-            index_mode=self.config.index_mode, chunk_size=self.config.chunk_size,
-            chunk_overlap=self.config.chunk_overlap)
+            name=self.name,
+            embedder=self.config.embedder,
+            dimension=self.config.dimension,
+            documents=len(self._docs),
+            chunks=self._chunks,
+            index=self._index.kind,
+            index_mode=self.config.index_mode,
+            chunk_size=self.config.chunk_size,
+            chunk_overlap=self.config.chunk_overlap,
+        )
 
     @property
     def index_kind(self) -> IndexKind:
@@ -237,8 +253,9 @@ class Collection:
     def generation(self) -> int:
         return self._generation
 
-    def search(self, query: np.ndarray, top_k: int, clauses: list[Clause] | None = None,
-               score_threshold: float | None = None) -> list[Hit]:
+    def search(
+        self, query: np.ndarray, top_k: int, clauses: list[Clause] | None = None, score_threshold: float | None = None
+    ) -> list[Hit]:
         """The ``top_k`` chunks closest to the query vector among those the clauses allow, best first (ties by
         chunk id); hits scoring below ``score_threshold`` are left out."""
         with self._lock:
@@ -252,8 +269,11 @@ class Collection:
             found = self._index.search(query, top_k, allowed)
             rows = self._store.hits([chunk_id for chunk_id, _ in found])
         found.sort(key=lambda pair: (-pair[1], pair[0]))
-        return [Hit(score=score, **rows[chunk_id]) for chunk_id, score in found
-                if score_threshold is None or score >= score_threshold]
+        return [
+            Hit(score=score, **rows[chunk_id])
+            for chunk_id, score in found
+            if score_threshold is None or score >= score_threshold
+        ]
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -264,8 +284,14 @@ class Collection:
         chunk, whatever its length, stored with its given vector instead of being split and embedded.
         """
         tag = "given vector" if vectors is not None else "embedded"
-        hashed = [(doc, content_hash(tag, doc.title, doc.text),
-                   content_hash(tag, doc.title, doc.text, doc.source, doc.metadata)) for doc in documents]
+        hashed = [
+            (
+                doc,
+                content_hash(tag, doc.title, doc.text),
+                content_hash(tag, doc.title, doc.text, doc.source, doc.metadata),
+            )
+            for doc in documents
+        ]
         with self._lock:
             self._check_open()
             current = {doc.id: self._docs.get(doc.id) for doc in documents}
@@ -279,10 +305,11 @@ class Collection:
             elif stored is not None and stored.content_hash == text_hash:
                 prepared.append(PreparedDocument(row, None, []))
             elif vectors is not None:
-                prepared.append(PreparedDocument(row, [doc.text], [], vectors[i:i + 1]))
+                prepared.append(PreparedDocument(row, [doc.text], [], vectors[i : i + 1]))
             else:
-                chunks = [chunk.text for chunk in split_text(doc.text, self.config.chunk_size,
-                                                            self.config.chunk_overlap)]
+                chunks = [
+                    chunk.text for chunk in split_text(doc.text, self.config.chunk_size, self.config.chunk_overlap)
+                ]
                 prepared.append(PreparedDocument(row, chunks, [embedding_input(doc.title, c) for c in chunks]))
         return UpsertPlan(unchanged, prepared)
 
@@ -298,7 +325,7 @@ class Collection:
             if doc.vectors is not None:
                 doc_vectors = doc.vectors
             else:
-                doc_vectors = vectors[offset:offset + len(doc.chunks)]
+                doc_vectors = vectors[offset : offset + len(doc.chunks)]
                 offset += len(doc.chunks)
             writes.append((doc.row, [ChunkRow(n, text, doc_vectors[n]) for n, text in enumerate(doc.chunks)]))
         if offset != len(vectors):
@@ -317,8 +344,10 @@ class Collection:
                 for (row, chunks), ids in zip(writes, new_ids, strict=True):
                     added += self._apply(row, chunks, ids)
             except BaseException:
-                logger.exception("index update failed after the SQLite commit; reloading from the SQLite file",
-                                 extra={"collection": self.name})
+                logger.exception(
+                    "index update failed after the SQLite commit; reloading from the SQLite file",
+                    extra={"collection": self.name},
+                )
                 self._reload()
                 raise
             finally:
@@ -402,8 +431,9 @@ class Collection:
         with self._lock:
             self._check_open()
             if self._changes != changes:
-                logger.warning("index rebuild dropped: the collection changed meanwhile",
-                               extra={"collection": self.name})
+                logger.warning(
+                    "index rebuild dropped: the collection changed meanwhile", extra={"collection": self.name}
+                )
                 return False
             self._index = fresh
             self._dirty = True

@@ -38,18 +38,20 @@ class Settings(BaseSettings):
         f"'{BUNDLED_EMBEDDER}' (the bundled all-MiniLM-L6-v2) is always there unless replaced here.",
     )
     default_embedder: str = Field(
-        BUNDLED_EMBEDDER, description="Embedder of new collections that name none, and of /v1/embeddings "
-        "requests without a model."
+        BUNDLED_EMBEDDER,
+        description="Embedder of new collections that name none, and of /v1/embeddings requests without a model.",
     )
     chunk_size: int = Field(
         800, ge=100, le=20000, description="Default largest chunk, in characters, for new collections."
     )
     chunk_overlap: int = Field(
-        120, ge=0, description="Default overlap between neighbouring chunks, in characters (at most half of "
-        "chunk_size)."
+        120,
+        ge=0,
+        description="Default overlap between neighbouring chunks, in characters (at most half of chunk_size).",
     )
     exact_max_chunks: int = Field(
-        20000, ge=0,
+        20000,
+        ge=0,
         description="Collections with index 'auto' use an exact flat index up to this many chunks and an HNSW "
         "index above it.",
     )
@@ -58,21 +60,28 @@ class Settings(BaseSettings):
         200, ge=8, description="HNSW candidate list size while building; larger builds slower and better."
     )
     hnsw_ef_search: int = Field(
-        256, ge=1, description="HNSW candidate list size while searching (raised to top_k when smaller); larger "
-        "is slower and closer to exact."
+        256,
+        ge=1,
+        description="HNSW candidate list size while searching (raised to top_k when smaller); larger "
+        "is slower and closer to exact.",
     )
     tombstone_rebuild_fraction: float = Field(
-        0.2, gt=0, le=1,
+        0.2,
+        gt=0,
+        le=1,
         description="An HNSW index is rebuilt from the stored vectors once deleted-but-still-indexed vectors "
         "exceed this fraction of it.",
     )
     index_flush_interval_s: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description="Seconds between writes of changed FAISS index files (they are caches: after a crash the "
         "index is rebuilt from the SQLite file).",
     )
     encode_batch_size: int = Field(
-        32, ge=1, le=1024,
+        32,
+        ge=1,
+        le=1024,
         description="Texts per embedding step; queries wait at most one step behind an ingest.",
     )
     max_batch_documents: int = Field(1000, ge=1, description="Most documents one upsert request may carry.")
@@ -81,13 +90,13 @@ class Settings(BaseSettings):
         512 * 1024 * 1024, ge=1024, description="Largest seed file accepted by the import endpoint, in bytes."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for embedding (torch, and ONNX Runtime when on); unset lets torch "
-        "decide."
+        None, ge=1, description="CPU threads for embedding (torch, and ONNX Runtime when on); unset lets torch decide."
     )
     onnx: bool = Field(
-        True, description="Run the embedders' transformers in ONNX Runtime (exported once, cached under "
+        True,
+        description="Run the embedders' transformers in ONNX Runtime (exported once, cached under "
         "RETRIEVER_DATA_DIR/onnx/; a question embeds in about half of torch's time, same vectors to 1e-5); false, or a "
-        "model that cannot be exported, runs them in torch."
+        "model that cannot be exported, runs them in torch.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -114,8 +123,9 @@ class Settings(BaseSettings):
     def _known_default(cls, value: str, info: ValidationInfo) -> str:
         known = {BUNDLED_EMBEDDER, *(info.data.get("embedders") or {})}
         if value not in known:
-            raise ValueError(f"{value!r} is not a known embedder ({', '.join(sorted(known))}); add it to "
-                             "RETRIEVER_EMBEDDERS")
+            raise ValueError(
+                f"{value!r} is not a known embedder ({', '.join(sorted(known))}); add it to RETRIEVER_EMBEDDERS"
+            )
         return value
 
     def embedder_ids(self) -> list[str]:

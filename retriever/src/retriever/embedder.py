@@ -49,8 +49,9 @@ class Embedder:
     """One sentence-transformers model under an id. :meth:`load` before anything else; then call it only from
     the embedding worker's thread."""
 
-    def __init__(self, embedder_id: str, path: str, *, torch_threads: int | None = None,
-                 onnx_dir: Path | None = None) -> None:
+    def __init__(
+        self, embedder_id: str, path: str, *, torch_threads: int | None = None, onnx_dir: Path | None = None
+    ) -> None:
         """With ``onnx_dir``, the model's transformer runs in ONNX Runtime, exported there once (see
         :mod:`retriever.onnx_backend`); without it, or if it cannot be exported, in torch."""
         self.id = embedder_id
@@ -93,12 +94,15 @@ class Embedder:
         # preprocess() is what newer sentence-transformers call tokenize()
         self._preprocess = getattr(model, "preprocess", None) or model.tokenize
         if self.onnx_dir is not None:
-            self._onnx = OnnxTransformer.prepare(model, self._preprocess, self.path, self.onnx_dir,
-                                                 torch.get_num_threads())
+            self._onnx = OnnxTransformer.prepare(
+                model, self._preprocess, self.path, self.onnx_dir, torch.get_num_threads()
+            )
             self._after_transformer = list(model)[1:]
         self._model = model
-        logger.info("embedder loaded", extra={"embedder": self.id, "path": self.path, "dimension": self.dimension,
-                                              "backend": self.backend})
+        logger.info(
+            "embedder loaded",
+            extra={"embedder": self.id, "path": self.path, "dimension": self.dimension, "backend": self.backend},
+        )
 
     @property
     def backend(self) -> str:
@@ -123,7 +127,7 @@ class Embedder:
         rows, tokens = [], []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                features = self._preprocess(list(texts[start:start + batch_size]))
+                features = self._preprocess(list(texts[start : start + batch_size]))
                 tokens += features["attention_mask"].sum(dim=1).tolist()
                 if self._onnx is not None:
                     features = self._onnx(features)
@@ -192,8 +196,9 @@ class EmbeddingWorker:
             self._on_batch(embedder.id, len(texts))
         return vectors, tokens
 
-    async def encode(self, embedder: Embedder, texts: Sequence[str], priority: int = QUERY, *,
-                     with_tokens: bool = False) -> tuple[np.ndarray, list[int]]:
+    async def encode(
+        self, embedder: Embedder, texts: Sequence[str], priority: int = QUERY, *, with_tokens: bool = False
+    ) -> tuple[np.ndarray, list[int]]:
         """Vectors of ``texts`` (and their token counts when asked), in the order given, computed on the worker
         one batch after another, so that queries can go between batches. Cancelling the caller drops the batches
         not started.
@@ -205,8 +210,10 @@ class EmbeddingWorker:
         step = self.batch_size
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         ordered = [texts[i] for i in order]
-        futures = [self.submit(lambda part=ordered[i:i + step]: self._batch(embedder, part, with_tokens), priority)
-                   for i in range(0, len(ordered), step)]
+        futures = [
+            self.submit(lambda part=ordered[i : i + step]: self._batch(embedder, part, with_tokens), priority)
+            for i in range(0, len(ordered), step)
+        ]
         try:
             parts = [await asyncio.wrap_future(future) for future in futures]
         finally:

@@ -57,26 +57,30 @@ def parse_filter(conditions: Mapping[str, Any] | None) -> list[Clause]:
     clauses: list[Clause] = []
     for field, wanted in (conditions or {}).items():
         if not field or field.startswith("$"):
-            raise FilterError(f"filter key {field!r} is not a metadata key: operators such as $and or $or are not "
-                              "supported (several keys are AND-ed; use {\"key\": {\"$in\": [...]}} for OR)")
+            raise FilterError(
+                f"filter key {field!r} is not a metadata key: operators such as $and or $or are not "
+                'supported (several keys are AND-ed; use {"key": {"$in": [...]}} for OR)'
+            )
         if isinstance(wanted, dict):
             if set(wanted) != {"$in"}:
-                raise FilterError(f"filter on {field!r}: unsupported operator(s) {sorted(wanted)}; use a plain value "
-                                  "or {\"$in\": [values]}")
+                raise FilterError(
+                    f"filter on {field!r}: unsupported operator(s) {sorted(wanted)}; use a plain value "
+                    'or {"$in": [values]}'
+                )
             values = wanted["$in"]
             if not isinstance(values, list) or not values or len(values) > MAX_IN_VALUES:
                 raise FilterError(f"filter on {field!r}: $in takes a list of 1 to {MAX_IN_VALUES} values")
         elif isinstance(wanted, list):
-            raise FilterError(f"filter on {field!r}: a list is ambiguous; to match any of several values use "
-                              "{\"$in\": [values]}")
+            raise FilterError(
+                f'filter on {field!r}: a list is ambiguous; to match any of several values use {{"$in": [values]}}'
+            )
         else:
             values = [wanted]
         canonical = []
         for value in values:
             form = _canonical(value)
             if form is None:
-                raise FilterError(f"filter on {field!r}: {json.dumps(value)} is not a string, number, boolean or "
-                                  "null")
+                raise FilterError(f"filter on {field!r}: {json.dumps(value)} is not a string, number, boolean or null")
             canonical.append(form)
         clauses.append((field, tuple(dict.fromkeys(canonical))))
     return clauses

@@ -68,8 +68,9 @@ def _vectors(vectors: np.ndarray) -> np.ndarray:
 class VectorIndex:
     """One collection's vectors. Not thread-safe: the collection serialises calls with its lock."""
 
-    def __init__(self, index: faiss.IndexIDMap2, kind: IndexKind, params: HNSWParams,
-                 tombstones: set[int] | None = None) -> None:
+    def __init__(
+        self, index: faiss.IndexIDMap2, kind: IndexKind, params: HNSWParams, tombstones: set[int] | None = None
+    ) -> None:
         self._index = index
         self.kind: IndexKind = kind
         self.params = params
@@ -88,8 +89,9 @@ class VectorIndex:
         return cls(faiss.IndexIDMap2(inner), kind, params)
 
     @classmethod
-    def build(cls, dimension: int, kind: IndexKind, params: HNSWParams, ids: np.ndarray,
-              vectors: np.ndarray) -> VectorIndex:
+    def build(
+        cls, dimension: int, kind: IndexKind, params: HNSWParams, ids: np.ndarray, vectors: np.ndarray
+    ) -> VectorIndex:
         index = cls.empty(dimension, kind, params)
         if len(ids):
             index.add(ids, vectors)

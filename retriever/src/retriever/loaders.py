@@ -72,8 +72,10 @@ def _jsonl(path: Path, source: str) -> Iterator[DocumentIn]:
                 raise LoadError(f"{where}: expected a JSON object with id and text")
             unknown = sorted(set(record) - _FIELDS)
             if unknown:
-                raise LoadError(f"{where}: unknown field(s) {', '.join(unknown)}; a document has id, text, title, "
-                                "source and metadata (put anything else inside metadata)")
+                raise LoadError(
+                    f"{where}: unknown field(s) {', '.join(unknown)}; a document has id, text, title, "
+                    "source and metadata (put anything else inside metadata)"
+                )
             if isinstance(record.get("id"), int) and not isinstance(record.get("id"), bool):
                 record["id"] = str(record["id"])
             record.setdefault("source", source)
@@ -86,16 +88,22 @@ def _csv(path: Path, source: str) -> Iterator[DocumentIn]:
         columns = reader.fieldnames or []
         missing = [name for name in ("id", "text") if name not in columns]
         if missing:
-            raise LoadError(f"{path}: missing column(s) {', '.join(missing)} (the header has "
-                            f"{', '.join(columns) or 'nothing'})")
+            raise LoadError(
+                f"{path}: missing column(s) {', '.join(missing)} (the header has {', '.join(columns) or 'nothing'})"
+            )
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if None in row:
                 raise LoadError(f"{where}: more values than header columns")
-            fields: dict[str, Any] = {"id": row["id"], "text": row["text"], "title": row.get("title") or None,
-                                      "source": row.get("source") or source}
-            fields["metadata"] = {name: value for name, value in row.items()
-                                  if name not in _FIELDS and value not in (None, "")}
+            fields: dict[str, Any] = {
+                "id": row["id"],
+                "text": row["text"],
+                "title": row.get("title") or None,
+                "source": row.get("source") or source,
+            }
+            fields["metadata"] = {
+                name: value for name, value in row.items() if name not in _FIELDS and value not in (None, "")
+            }
             yield _document(where, fields)
 
 
@@ -106,7 +114,7 @@ def _markdown(path: Path, doc_id: str, source: str) -> Iterator[DocumentIn]:
     for i, line in enumerate(lines):
         if line.startswith("# "):
             title = line[2:].strip().rstrip("#").strip() or None
-            content = "\n".join(lines[:i] + lines[i + 1:])
+            content = "\n".join(lines[:i] + lines[i + 1 :])
             break
     if content.strip():
         yield _document(str(path), {"id": doc_id, "text": content.strip(), "title": title, "source": source})

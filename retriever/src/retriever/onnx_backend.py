@@ -44,8 +44,14 @@ class OnnxTransformer:
         self.path = path
 
     @classmethod
-    def prepare(cls, model: Any, preprocess: Callable[[list[str]], dict[str, Any]], model_path: str,
-                cache_dir: Path, threads: int) -> OnnxTransformer | None:
+    def prepare(
+        cls,
+        model: Any,
+        preprocess: Callable[[list[str]], dict[str, Any]],
+        model_path: str,
+        cache_dir: Path,
+        threads: int,
+    ) -> OnnxTransformer | None:
         """The session for ``model`` (a loaded ``SentenceTransformer`` whose tokenizer step is ``preprocess``),
         exporting its transformer to ``cache_dir`` first unless an export of the same weights is already there;
         None if it cannot run."""
@@ -57,12 +63,13 @@ class OnnxTransformer:
             auto_model = transformer.auto_model
             sample = dict(preprocess(["a sample sentence"]))
             accepted = inspect.signature(auto_model.forward).parameters
-            inputs = [name for name, value in sample.items()
-                      if isinstance(value, torch.Tensor) and name in accepted]
+            inputs = [name for name, value in sample.items() if isinstance(value, torch.Tensor) and name in accepted]
             path = cache_dir / f"{_cache_key(model_path, inputs, ort.__version__, torch.__version__)}.onnx"
             if not path.is_file():
-                logger.info("exporting the embedder's transformer to ONNX (once; cached)",
-                            extra={"model": model_path, "path": str(path)})
+                logger.info(
+                    "exporting the embedder's transformer to ONNX (once; cached)",
+                    extra={"model": model_path, "path": str(path)},
+                )
                 _export(auto_model, [sample[name] for name in inputs], inputs, path)
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
@@ -72,8 +79,10 @@ class OnnxTransformer:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # any model the exporter or the runtime cannot handle stays on torch
-            logger.warning("the embedder runs in torch: its transformer could not run in ONNX Runtime",
-                           extra={"model": model_path, "error": f"{type(exc).__name__}: {exc}"})
+            logger.warning(
+                "the embedder runs in torch: its transformer could not run in ONNX Runtime",
+                extra={"model": model_path, "error": f"{type(exc).__name__}: {exc}"},
+            )
             return None
         logger.info("embedder transformer on ONNX Runtime", extra={"model": model_path, "path": str(path)})
         return cls(session, inputs, path)
@@ -96,8 +105,9 @@ def _cache_key(model_path: str, inputs: list[str], ort_version: str, torch_versi
     for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
         if file.is_file() and file.suffix in {".safetensors", ".bin", ".json"}:
             stat = file.stat()
-            digest.update(f"{file.relative_to(root) if root.is_dir() else file.name}:{stat.st_size}:"
-                          f"{stat.st_mtime_ns}\n".encode())
+            digest.update(
+                f"{file.relative_to(root) if root.is_dir() else file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+            )
     digest.update(f"{','.join(inputs)}|{_OPSET}|{ort_version}|{torch_version}".encode())
     return f"{root.name or 'model'}-{digest.hexdigest()[:16]}"
 
@@ -119,7 +129,15 @@ def _export(auto_model: Any, sample: list[Any], inputs: list[str], path: Path) -
     # and token axes declared dynamic here, and the vectors are checked against torch's in the tests.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_TokenEmbeddings().eval(), tuple(sample), exported, input_names=inputs,
-                          output_names=[_OUTPUT], dynamic_axes=dynamic, opset_version=_OPSET, dynamo=False)
+        torch.onnx.export(
+            _TokenEmbeddings().eval(),
+            tuple(sample),
+            exported,
+            input_names=inputs,
+            output_names=[_OUTPUT],
+            dynamic_axes=dynamic,
+            opset_version=_OPSET,
+            dynamo=False,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, exported.getvalue())  # a concurrent or interrupted export never leaves half a file

@@ -56,8 +56,9 @@ async def list_collections(service: Service) -> CollectionList:
 
 
 @router.put("/v1/collections/{name}", status_code=201, responses={200: {"model": CollectionInfo}})
-async def put_collection(name: Name, service: Service, response: Response,
-                         body: Annotated[CollectionSettings | None, Body()] = None) -> CollectionInfo:
+async def put_collection(
+    name: Name, service: Service, response: Response, body: Annotated[CollectionSettings | None, Body()] = None
+) -> CollectionInfo:
     info, created = await service.put_collection(name, body or CollectionSettings())
     response.status_code = 201 if created else 200
     return info
@@ -91,8 +92,12 @@ async def search(name: Name, body: SearchRequest, service: Service) -> SearchRes
 async def _read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise APIError(413, f"The '{field}' file is larger than {limit} bytes (RETRIEVER_MAX_IMPORT_BYTES).",
-                       param=field, code="file_too_large")
+        raise APIError(
+            413,
+            f"The '{field}' file is larger than {limit} bytes (RETRIEVER_MAX_IMPORT_BYTES).",
+            param=field,
+            code="file_too_large",
+        )
     return data
 
 
@@ -105,11 +110,17 @@ async def import_seed(
     config: Annotated[UploadFile, File(description="The seed's config (it_support_config.json).")],
 ) -> ImportResult:
     limit = service.settings.max_import_bytes
-    files = [await _read_upload(upload, field, limit)
-             for upload, field in ((index, "index"), (metadata, "metadata"), (config, "config"))]
-    return await service.import_seed(name, *files, index_name=index.filename or "index",
-                                     metadata_name=metadata.filename or "metadata",
-                                     config_name=config.filename or "config")
+    files = [
+        await _read_upload(upload, field, limit)
+        for upload, field in ((index, "index"), (metadata, "metadata"), (config, "config"))
+    ]
+    return await service.import_seed(
+        name,
+        *files,
+        index_name=index.filename or "index",
+        metadata_name=metadata.filename or "metadata",
+        config_name=config.filename or "config",
+    )
 
 
 @router.post("/v1/embeddings")
@@ -120,8 +131,12 @@ async def embeddings(body: EmbeddingRequest, service: Service) -> EmbeddingList:
 @router.get("/v1/models")
 async def list_models(service: Service) -> ModelList:
     """The embedders, as OpenAI's model list (what ``model`` in /v1/embeddings accepts)."""
-    return ModelList(data=[ModelCard(id=embedder_id, owned_by="retriever", loaded=embedder_id in service.embedders)
-                           for embedder_id in service.settings.embedder_ids()])  # type: ignore[call-arg]
+    return ModelList(
+        data=[
+            ModelCard(id=embedder_id, owned_by="retriever", loaded=embedder_id in service.embedders)
+            for embedder_id in service.settings.embedder_ids()
+        ]
+    )  # type: ignore[call-arg]
 
 
 @router.get("/health")
@@ -133,8 +148,11 @@ async def health() -> dict[str, str]:
 async def ready(service: Service) -> dict[str, object]:
     if service.load_errors:
         detail = "; ".join(f"{what}: {error}" for what, error in service.load_errors.items())
-        raise APIError(503, f"not ready: {detail}. Fix the configuration or the data folder and restart the "
-                       "service.", code="load_failed")
+        raise APIError(
+            503,
+            f"not ready: {detail}. Fix the configuration or the data folder and restart the service.",
+            code="load_failed",
+        )
     if not service.loaded:
         raise APIError(503, "loading the embedders and collections", code="loading", headers={"Retry-After": "2"})
     return {"status": "ready", "embedders": sorted(service.embedders), "collections": service.registry.names()}

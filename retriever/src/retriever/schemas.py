@@ -148,8 +148,9 @@ class SearchRequest(_Body):
     query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
     top_k: Annotated[int, Field(ge=1, le=MAX_TOP_K)] = 4
     filter: dict[str, Any] | None = Field(
-        None, description='Metadata conditions, AND-ed: {"key": value} (a list-valued field matches when it '
-        'holds the value) or {"key": {"$in": [v1, v2]}}.'
+        None,
+        description='Metadata conditions, AND-ed: {"key": value} (a list-valued field matches when it '
+        'holds the value) or {"key": {"$in": [v1, v2]}}.',
     )
     score_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | None = Field(
         None, description="Leave out hits whose cosine similarity is below this."
@@ -239,4 +240,3 @@ class EmbeddingList(BaseModel):
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
-

@@ -54,6 +54,7 @@ from retriever.schemas import DocumentIn
 
 __all__ = ["RestrictedUnpickler", "SeedError", "SeedImport", "UnsafePickle", "load_pickle", "read_seed"]
 
+
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """Stands in for ``_codecs.encode``, which protocols 0-2 use to write ``bytes`` (always as latin-1)."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
@@ -78,8 +79,15 @@ _TEXT_FIELDS = ("answer", "text", "content", "page_content", "body", "chunk")
 _TITLE_FIELDS = ("subject", "title", "question", "name")
 _ID_FIELDS = ("id", "doc_id", "document_id", "ticket_id")
 _SOURCE_FIELDS = ("source", "url")
-_MODEL_KEYS = ("embedding_model", "model_name", "embedding_model_name", "model", "embedder",
-               "sentence_transformer", "encoder")
+_MODEL_KEYS = (
+    "embedding_model",
+    "model_name",
+    "embedding_model_name",
+    "model",
+    "embedder",
+    "sentence_transformer",
+    "encoder",
+)
 
 
 class SeedError(ValueError):
@@ -105,13 +113,17 @@ class RestrictedUnpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
-            raise UnsafePickle(f"refusing to load '{module}.{name}' from {self.source}: only plain lists, dicts, "
-                               "strings and numbers are allowed")
+            raise UnsafePickle(
+                f"refusing to load '{module}.{name}' from {self.source}: only plain lists, dicts, "
+                "strings and numbers are allowed"
+            )
         return allowed
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickle(f"refusing to load a persistent reference from {self.source}: only plain lists, dicts, "
-                           "strings and numbers are allowed")
+        raise UnsafePickle(
+            f"refusing to load a persistent reference from {self.source}: only plain lists, dicts, "
+            "strings and numbers are allowed"
+        )
 
 
 def load_pickle(data: bytes, source: str) -> Any:
@@ -161,13 +173,16 @@ def _record_list(content: Any, source: str) -> tuple[list[Any], list[str] | None
                 return list(content[key]), None
         if content and all(isinstance(value, Mapping) for value in content.values()):
             return list(content.values()), [str(key) for key in content]
-        raise SeedError(f"{source} holds a dict with keys {sorted(map(str, content))[:12]}: expected a list of "
-                        f"records, or a dict holding one under {' / '.join(repr(k) for k in _LIST_KEYS)}")
+        raise SeedError(
+            f"{source} holds a dict with keys {sorted(map(str, content))[:12]}: expected a list of "
+            f"records, or a dict holding one under {' / '.join(repr(k) for k in _LIST_KEYS)}"
+        )
     raise SeedError(f"{source} holds a {type(content).__name__}: expected a list of records or a dict")
 
 
-def _first_text(record: Mapping[str, Any], fields: tuple[str, ...], skip: str | None = None) -> tuple[str | None,
-                                                                                                      str | None]:
+def _first_text(
+    record: Mapping[str, Any], fields: tuple[str, ...], skip: str | None = None
+) -> tuple[str | None, str | None]:
     for field in fields:
         value = record.get(field)
         if field != skip and isinstance(value, str) and value.strip():
@@ -175,8 +190,7 @@ def _first_text(record: Mapping[str, Any], fields: tuple[str, ...], skip: str | 
     return None, None
 
 
-def _documents(records: list[Any], keyed_ids: list[str] | None, source: str) -> tuple[list[DocumentIn], list[int],
-                                                                                     str]:
+def _documents(records: list[Any], keyed_ids: list[str] | None, source: str) -> tuple[list[DocumentIn], list[int], str]:
     """Documents and the record positions they come from (records without text are skipped)."""
     parsed: list[tuple[int, str | None, dict[str, Any]]] = []
     skipped = 0
@@ -190,19 +204,23 @@ def _documents(records: list[Any], keyed_ids: list[str] | None, source: str) -> 
             if any(isinstance(record.get(field), str) for field in _TEXT_FIELDS):
                 skipped += 1  # present but blank
                 continue
-            raise SeedError(f"{source}: record {position} has no text field (looked for "
-                            f"{', '.join(_TEXT_FIELDS)}; it has {', '.join(sorted(map(str, record)))})")
+            raise SeedError(
+                f"{source}: record {position} has no text field (looked for "
+                f"{', '.join(_TEXT_FIELDS)}; it has {', '.join(sorted(map(str, record)))})"
+            )
         title_field, title = _first_text(record, _TITLE_FIELDS, skip=text_field)
         id_value = next((record[f] for f in _ID_FIELDS if isinstance(record.get(f), str | int)), None)
         given_id = keyed_ids[position] if keyed_ids is not None else (None if id_value is None else str(id_value))
         source_field, doc_source = _first_text(record, _SOURCE_FIELDS)
         used = {text_field, title_field, source_field, "metadata", *_ID_FIELDS}
-        metadata = {str(k): _jsonable(v) for k, v in record.items()
-                    if k not in used and (v is None or isinstance(v, str | bool | int | float | list | tuple))}
+        metadata = {
+            str(k): _jsonable(v)
+            for k, v in record.items()
+            if k not in used and (v is None or isinstance(v, str | bool | int | float | list | tuple))
+        }
         if isinstance(record.get("metadata"), Mapping):
             metadata.update(_jsonable(record["metadata"]))
-        fields = {"text": text, "title": title[:1000] if title else None, "source": doc_source,
-                  "metadata": metadata}
+        fields = {"text": text, "title": title[:1000] if title else None, "source": doc_source, "metadata": metadata}
         parsed.append((position, given_id, fields))
     ids = [given for _, given, _ in parsed]
     notes = []
@@ -215,8 +233,9 @@ def _documents(records: list[Any], keyed_ids: list[str] | None, source: str) -> 
         try:
             documents.append(DocumentIn(id=str(doc_id), **fields))
         except ValidationError as exc:
-            raise SeedError(f"{source}: record {position} is not a valid document: "
-                            f"{exc.errors(include_url=False)[0]['msg']}") from None
+            raise SeedError(
+                f"{source}: record {position} is not a valid document: {exc.errors(include_url=False)[0]['msg']}"
+            ) from None
     if skipped:
         notes.append(f"{skipped} record(s) with empty text were skipped")
     return documents, [position for position, _, _ in parsed], "; ".join(notes)
@@ -234,9 +253,18 @@ def _find(config: Any, keys: tuple[str, ...], kind: type) -> Any:
     return None
 
 
-def read_seed(index_data: bytes, metadata_data: bytes, config_data: bytes, *, embedder_id: str,
-              embedder_names: set[str], dimension: int, index_name: str = "the index file",
-              metadata_name: str = "the metadata file", config_name: str = "the config file") -> SeedImport:
+def read_seed(
+    index_data: bytes,
+    metadata_data: bytes,
+    config_data: bytes,
+    *,
+    embedder_id: str,
+    embedder_names: set[str],
+    dimension: int,
+    index_name: str = "the index file",
+    metadata_name: str = "the metadata file",
+    config_name: str = "the config file",
+) -> SeedImport:
     """Read the three seed files' contents and decide whether their vectors can be reused for a collection whose
     embedder is ``embedder_id`` (known as ``embedder_names``) of ``dimension``. Raises :class:`SeedError`."""
     try:

@@ -109,11 +109,14 @@ class CollectionStore:
             for statement in _SCHEMA.split(";"):  # not executescript: it would commit
                 if statement.strip():
                     db.execute(statement)
-            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                ("schema_version", str(SCHEMA_VERSION)),
-                ("config", json.dumps(asdict(config))),
-                ("generation", "0"),
-            ])
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("config", json.dumps(asdict(config))),
+                    ("generation", "0"),
+                ],
+            )
         return cls(db, path)
 
     @classmethod
@@ -146,8 +149,9 @@ class CollectionStore:
             chunk_ids.setdefault(doc_id, []).append(chunk_id)
         rows = self._db.execute("SELECT id, metadata, content_hash, record_hash FROM documents ORDER BY id")
         for doc_id, metadata, content_hash, record_hash in rows:
-            yield StoredDocument(doc_id, json.loads(metadata), content_hash, record_hash,
-                                 tuple(chunk_ids.get(doc_id, ())))
+            yield StoredDocument(
+                doc_id, json.loads(metadata), content_hash, record_hash, tuple(chunk_ids.get(doc_id, ()))
+            )
 
     def vectors(self, dimension: int) -> tuple[np.ndarray, np.ndarray]:
         """Every chunk's id and vector, by id."""
@@ -159,8 +163,9 @@ class CollectionStore:
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dimension)
         return np.asarray(ids, dtype=np.int64), vectors
 
-    def write(self, documents: Sequence[tuple[DocumentRow, Sequence[ChunkRow] | None]],
-              deleted: Sequence[str] = ()) -> tuple[int, list[list[int]]]:
+    def write(
+        self, documents: Sequence[tuple[DocumentRow, Sequence[ChunkRow] | None]], deleted: Sequence[str] = ()
+    ) -> tuple[int, list[list[int]]]:
         """One transaction: store each document (replacing its chunks by the given ones, or keeping them when
         ``None``), delete the ``deleted`` ids, bump the generation. Returns the new generation and the new chunk
         ids of each document (empty where its chunks were kept)."""
@@ -174,16 +179,28 @@ class CollectionStore:
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title, "
                     "source = excluded.source, metadata = excluded.metadata, content_hash = excluded.content_hash, "
                     "record_hash = excluded.record_hash",
-                    (doc.id, doc.title, doc.source, json.dumps(doc.metadata, ensure_ascii=False), doc.content_hash,
-                     doc.record_hash))
+                    (
+                        doc.id,
+                        doc.title,
+                        doc.source,
+                        json.dumps(doc.metadata, ensure_ascii=False),
+                        doc.content_hash,
+                        doc.record_hash,
+                    ),
+                )
                 ids: list[int] = []
                 if chunks is not None:
                     db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.id,))
                     for chunk in chunks:
                         cursor = db.execute(
                             "INSERT INTO chunks (doc_id, chunk_no, text, vector) VALUES (?, ?, ?, ?)",
-                            (doc.id, chunk.chunk_no, chunk.text,
-                             np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes()))
+                            (
+                                doc.id,
+                                chunk.chunk_no,
+                                chunk.text,
+                                np.ascontiguousarray(chunk.vector, dtype=np.float32).tobytes(),
+                            ),
+                        )
                         ids.append(int(cursor.lastrowid or 0))
                 new_ids.append(ids)
             for doc_id in deleted:
@@ -200,10 +217,18 @@ class CollectionStore:
         marks = ", ".join("?" * len(chunk_ids))
         rows = self._db.execute(
             "SELECT c.id, c.doc_id, c.chunk_no, c.text, d.title, d.source, d.metadata FROM chunks c "
-            f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})", list(chunk_ids))
+            f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+            list(chunk_ids),
+        )
         for chunk_id, doc_id, chunk_no, text, title, source, metadata in rows:
-            found[chunk_id] = {"doc_id": doc_id, "chunk_id": f"{doc_id}#{chunk_no}", "text": text, "title": title,
-                               "source": source, "metadata": json.loads(metadata)}
+            found[chunk_id] = {
+                "doc_id": doc_id,
+                "chunk_id": f"{doc_id}#{chunk_no}",
+                "text": text,
+                "title": title,
+                "source": source,
+                "metadata": json.loads(metadata),
+            }
         return found
 
     def close(self) -> None:

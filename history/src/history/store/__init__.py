@@ -25,8 +25,9 @@ async def open_store(settings: Settings) -> MessageStore:
     if settings.mongodb_uri is not None:
         from history.store.mongo import MongoStore
 
-        return await MongoStore.open(settings.mongodb_uri.get_secret_value(), settings.mongodb_database,
-                                     settings.mongodb_timeout_s)
+        return await MongoStore.open(
+            settings.mongodb_uri.get_secret_value(), settings.mongodb_database, settings.mongodb_timeout_s
+        )
     from history.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(settings.sqlite_path, settings.sqlite_busy_timeout_s)

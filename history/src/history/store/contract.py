@@ -84,12 +84,15 @@ def to_store(batch: Iterable[NewMessage], stored_ids: Iterable[str]) -> list[New
 def stamp(fresh: Sequence[NewMessage], first_seq: int, now: datetime) -> list[StoredMessage]:
     """``fresh`` as stored messages numbered ``first_seq, first_seq + 1, ...``, created at ``now``."""
     created_at = iso(now)
-    return [StoredMessage(**message.model_dump(), seq=first_seq + i, created_at=created_at)
-            for i, message in enumerate(fresh)]
+    return [
+        StoredMessage(**message.model_dump(), seq=first_seq + i, created_at=created_at)
+        for i, message in enumerate(fresh)
+    ]
 
 
-def in_request_order(batch: Sequence[NewMessage], existing: dict[str, StoredMessage],
-                     stored: Sequence[StoredMessage]) -> list[StoredMessage]:
+def in_request_order(
+    batch: Sequence[NewMessage], existing: dict[str, StoredMessage], stored: Sequence[StoredMessage]
+) -> list[StoredMessage]:
     """One stored message per message of ``batch``: by ``message_id`` from ``existing`` or ``stored``, and the
     messages without an id from ``stored`` in order (``stored`` is ``stamp(to_store(batch, existing))``)."""
     by_id = dict(existing)

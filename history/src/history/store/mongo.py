@@ -67,8 +67,9 @@ class MongoStore:
         description = describe_mongodb(uri, database)
         timeout_ms = max(1, int(timeout_s * 1000))
         try:
-            client = AsyncIOMotorClient(uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True,
-                                        appname="switchboard-history")
+            client = AsyncIOMotorClient(
+                uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, appname="switchboard-history"
+            )
         except PyMongoError as exc:  # malformed URI, unresolvable SRV record
             raise StoreUnavailable(description, _reason(exc), _HINT) from exc
         try:
@@ -82,13 +83,16 @@ class MongoStore:
         """Create the indexes (idempotent) on ``client[database]`` and return the store."""
         store = cls(client, database, description)
         try:
-            await store._messages.create_index([("session_id", ASCENDING), ("seq", ASCENDING)], unique=True,
-                                               name="session_seq")
             await store._messages.create_index(
-                [("session_id", ASCENDING), ("message_id", ASCENDING)], unique=True, name="session_message_id",
-                partialFilterExpression={"message_id": {"$exists": True}})
-            await store._sessions.create_index([("updated_at", DESCENDING), ("_id", ASCENDING)],
-                                               name="updated_at")
+                [("session_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="session_seq"
+            )
+            await store._messages.create_index(
+                [("session_id", ASCENDING), ("message_id", ASCENDING)],
+                unique=True,
+                name="session_message_id",
+                partialFilterExpression={"message_id": {"$exists": True}},
+            )
+            await store._sessions.create_index([("updated_at", DESCENDING), ("_id", ASCENDING)], name="updated_at")
             store._transactions = await _supports_transactions(store._db)
         except PyMongoError as exc:
             raise store._unavailable(exc) from exc
@@ -108,8 +112,11 @@ class MongoStore:
                 if not fresh:
                     return in_request_order(messages, existing, [])
                 counter = await self._counters.find_one_and_update(
-                    {"_id": session_id}, {"$inc": {"seq": len(fresh)}}, upsert=True,
-                    return_document=ReturnDocument.AFTER)
+                    {"_id": session_id},
+                    {"$inc": {"seq": len(fresh)}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
                 now = utc_now()
                 stored = stamp(fresh, int(counter["seq"]) - len(fresh) + 1, now)
                 try:
@@ -124,8 +131,11 @@ class MongoStore:
                 return in_request_order(messages, existing, stored)
         except PyMongoError as exc:
             raise self._unavailable(exc) from exc
-        raise StoreUnavailable(self.description, f"{_ATTEMPTS} attempts to number the messages collided with "
-                               "other writers", "Retry the request.")
+        raise StoreUnavailable(
+            self.description,
+            f"{_ATTEMPTS} attempts to number the messages collided with other writers",
+            "Retry the request.",
+        )
 
     async def recent(self, session_id: str, limit: int, before_seq: int | None = None) -> list[StoredMessage]:
         check_session_id(session_id)
@@ -146,8 +156,15 @@ class MongoStore:
             docs = await cursor.skip(offset).limit(limit).to_list(limit)
         except PyMongoError as exc:
             raise self._unavailable(exc) from exc
-        return [SessionInfo(session_id=d["_id"], message_count=d["message_count"], created_at=iso(d["created_at"]),
-                            updated_at=iso(d["updated_at"])) for d in docs]
+        return [
+            SessionInfo(
+                session_id=d["_id"],
+                message_count=d["message_count"],
+                created_at=iso(d["created_at"]),
+                updated_at=iso(d["updated_at"]),
+            )
+            for d in docs
+        ]
 
     async def delete(self, session_id: str) -> int:
         check_session_id(session_id)
@@ -185,9 +202,12 @@ class MongoStore:
     async def _insert(self, session_id: str, docs: list[dict[str, Any]], now: datetime) -> None:
         """Insert ``docs`` and count them on the session: in one transaction where the server has them, else
         by deleting what was inserted when the batch fails."""
-        touch = ({"_id": session_id}, {"$setOnInsert": {"created_at": now}, "$max": {"updated_at": now},
-                                       "$inc": {"message_count": len(docs)}})
+        touch = (
+            {"_id": session_id},
+            {"$setOnInsert": {"created_at": now}, "$max": {"updated_at": now}, "$inc": {"message_count": len(docs)}},
+        )
         if self._transactions:
+
             async def write(session: Any) -> None:
                 await self._messages.insert_many(docs, ordered=True, session=session)
                 await self._sessions.update_one(*touch, upsert=True, session=session)
@@ -201,14 +221,16 @@ class MongoStore:
             try:
                 await self._messages.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
             except PyMongoError:
-                logger.warning("could not undo a failed batch insert; part of it may remain",
-                               extra={"session_id": session_id})
+                logger.warning(
+                    "could not undo a failed batch insert; part of it may remain", extra={"session_id": session_id}
+                )
             raise
         await self._sessions.update_one(*touch, upsert=True)
 
     async def _counter_at_least_last_seq(self, session_id: str) -> None:
-        last = await self._messages.find_one({"session_id": session_id}, sort=[("seq", DESCENDING)],
-                                             projection={"seq": True})
+        last = await self._messages.find_one(
+            {"session_id": session_id}, sort=[("seq", DESCENDING)], projection={"seq": True}
+        )
         if last is not None:
             await self._counters.update_one({"_id": session_id}, {"$max": {"seq": last["seq"]}}, upsert=True)
 

@@ -55,11 +55,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_message_id
     ON messages (session_id, message_id) WHERE message_id IS NOT NULL;
 """
 
-_COLUMNS = ("seq", "role", "content", "model", "prompt_tokens", "completion_tokens", "request_id", "message_id",
-            "status", "metadata", "created_at")
+_COLUMNS = (
+    "seq",
+    "role",
+    "content",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "request_id",
+    "message_id",
+    "status",
+    "metadata",
+    "created_at",
+)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM messages"
-_INSERT = (f"INSERT INTO messages (session_id, {', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
+_INSERT = f"INSERT INTO messages (session_id, {', '.join(_COLUMNS)}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})"
 _TOUCH_SESSION = """
 INSERT INTO sessions (session_id, created_at, updated_at, message_count) VALUES (?, ?, ?, ?)
 ON CONFLICT (session_id) DO UPDATE SET
@@ -67,10 +77,10 @@ ON CONFLICT (session_id) DO UPDATE SET
 """
 _NO_LIMIT = 2**63 - 1
 
-_HINT = ("Check that HISTORY_SQLITE_PATH names a file this service can create and write, on a disk with free "
-         "space.")
-_BUSY_HINT = ("Another process held the file's write lock longer than HISTORY_SQLITE_BUSY_TIMEOUT_S; retry, or "
-              "raise the timeout.")
+_HINT = "Check that HISTORY_SQLITE_PATH names a file this service can create and write, on a disk with free space."
+_BUSY_HINT = (
+    "Another process held the file's write lock longer than HISTORY_SQLITE_BUSY_TIMEOUT_S; retry, or raise the timeout."
+)
 
 
 class SQLiteStore:
@@ -96,8 +106,9 @@ class SQLiteStore:
             opened.append(writer)
             mode = await _scalar(writer, "PRAGMA journal_mode=WAL")
             if str(mode).lower() != "wal":
-                logger.warning("SQLite could not switch %s to WAL mode (got %r): readers will wait for writers",
-                               path, mode)
+                logger.warning(
+                    "SQLite could not switch %s to WAL mode (got %r): readers will wait for writers", path, mode
+                )
             await writer.execute("PRAGMA synchronous=NORMAL")
             await writer.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
             reader = await aiosqlite.connect(path, timeout=busy_timeout_s, isolation_level=None)
@@ -120,8 +131,9 @@ class SQLiteStore:
             fresh = to_store(messages, existing)
             stored: list[StoredMessage] = []
             if fresh:
-                last = await _scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?",
-                                     (session_id,))
+                last = await _scalar(
+                    db, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (session_id,)
+                )
                 now = utc_now()
                 stored = stamp(fresh, int(last) + 1, now)
                 await db.executemany(_INSERT, [_row(session_id, s) for s in stored])
@@ -130,14 +142,18 @@ class SQLiteStore:
 
     async def recent(self, session_id: str, limit: int, before_seq: int | None = None) -> list[StoredMessage]:
         check_session_id(session_id)
-        rows = await self._read(f"{_SELECT} WHERE session_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                                (session_id, _NO_LIMIT if before_seq is None else before_seq, limit))
+        rows = await self._read(
+            f"{_SELECT} WHERE session_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (session_id, _NO_LIMIT if before_seq is None else before_seq, limit),
+        )
         return [_message(row) for row in reversed(rows)]
 
     async def sessions(self, limit: int, offset: int) -> list[SessionInfo]:
         rows = await self._read(
             "SELECT session_id, message_count, created_at, updated_at FROM sessions "
-            "ORDER BY updated_at DESC, session_id LIMIT ? OFFSET ?", (limit, offset))
+            "ORDER BY updated_at DESC, session_id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
         return [SessionInfo(session_id=r[0], message_count=r[1], created_at=r[2], updated_at=r[3]) for r in rows]
 
     async def delete(self, session_id: str) -> int:
@@ -150,8 +166,11 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         if not self._closed and not self.path.exists():
-            raise StoreUnavailable(self.description, "the database file has been removed",
-                                   "Restart the service to create it again, or restore the file.")
+            raise StoreUnavailable(
+                self.description,
+                "the database file has been removed",
+                "Restart the service to create it again, or restore the file.",
+            )
         await self._read("SELECT 1 FROM sessions LIMIT 1", ())
 
     async def close(self) -> None:
@@ -199,10 +218,12 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
 
-    async def _by_message_id(self, db: aiosqlite.Connection, session_id: str,
-                             ids: list[str]) -> dict[str, StoredMessage]:
+    async def _by_message_id(
+        self, db: aiosqlite.Connection, session_id: str, ids: list[str]
+    ) -> dict[str, StoredMessage]:
         rows = await db.execute_fetchall(
-            f"{_SELECT} WHERE session_id = ? AND message_id IN ({', '.join('?' * len(ids))})", (session_id, *ids))
+            f"{_SELECT} WHERE session_id = ? AND message_id IN ({', '.join('?' * len(ids))})", (session_id, *ids)
+        )
         return {m.message_id: m for m in map(_message, rows) if m.message_id is not None}
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
