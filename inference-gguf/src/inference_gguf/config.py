@@ -39,10 +39,24 @@ class Settings(BaseSettings):
         ge=-1,
         description="Layers offloaded to the GPU; -1 offloads all. Ignored by a CPU-only llama.cpp build.",
     )
+    cpu_repack: bool = Field(
+        False,
+        description="llama.cpp's repacked CPU weight layouts (AMX on recent Xeons, interleaved AVX2/ARM "
+        "layouts). Off by default: with llama-cpp-python 0.3.36 the AMX kernels crash the process "
+        "(general protection fault) on Intel Xeon VMs that advertise AMX; turn on where they work.",
+    )
+    n_slots: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Sequences per model decoded together (continuous batching). Each slot has a KV cache "
+        "of the whole context (memory: n_slots x n_ctx tokens) and keeps it for the next request that starts "
+        "with the same tokens. 0: 32,768 / n_ctx, between 1 and 8 (4 for the bundled model).",
+    )
     max_queue: int = Field(
         16,
         ge=1,
-        description="Requests that may wait per model while one generates; beyond that the service "
+        description="Requests that may wait per model while every slot is busy; beyond that the service "
         "answers 429 with Retry-After.",
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 429.")

@@ -1,29 +1,27 @@
-"""The llama.cpp engine: the only module that imports ``llama_cpp``.
+"""The llama.cpp engine: model, context, chat template, and the worker thread that batches.
 
 One :class:`LlamaEngine` per model. A dedicated worker thread owns the llama context (it is not
-thread-safe); the event loop hands it :class:`Sequence` objects through a bounded queue and gets
+thread-safe) and runs :class:`inference_gguf.scheduler.Scheduler`: continuous batching over ``n_slots``
+sequences, each slot with a KV cache of the whole context that it keeps for prompt-prefix reuse. The event loop hands
+the engine :class:`Sequence` objects through a bounded queue (full: :class:`EngineBusy`, a 429) and gets
 :data:`EngineEvent` values back through each sequence's ``sink`` callback (called on the worker thread).
 
-The work is split so that batching can come later without touching the protocol side:
 :class:`SequenceState` does everything that happens *after* a token is sampled (detokenize, stop
-sequences, limits, cancellation); the loop in :meth:`LlamaEngine._run` only decodes and samples. Today
-one sequence decodes at a time through ``Llama.generate`` (which also reuses the KV cache for a prompt
-prefix shared with the previous request). A batched loop — one ``llama_batch`` per step holding one
-token for each generating sequence, each on its own ``seq_id``, as llama.cpp's server does — would keep
-a ``SequenceState`` per slot and call :meth:`SequenceState.accept` for each sampled token.
+sequences, limits, cancellation), one per running sequence.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
+import multiprocessing
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -38,20 +36,25 @@ from chat_common.generation import (
     TemplateError,
     TextDelta,
 )
+from inference_gguf.scheduler import SHUTDOWN, BatchObserver, EngineStats, Scheduler
 
-__all__ = ["EngineObserver", "LlamaEngine", "SequenceState"]
+__all__ = ["EngineObserver", "LlamaEngine", "SequenceState", "default_slots"]
 
 logger = logging.getLogger(__name__)
 
+EngineObserver = BatchObserver
 
-class EngineObserver(Protocol):
-    """Receives the engine's counters (the service turns them into Prometheus metrics)."""
+_backend_ready = threading.Lock()
+_backend_initialised = False
 
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def running(self, model: str, count: int) -> None: ...
-    def tokens(self, model: str, count: int) -> None: ...
-    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
-    def failed(self, model: str) -> None: ...
+
+KV_BUDGET_TOKENS = 32768
+
+
+def default_slots(n_ctx: int) -> int:
+    """Slots when the setting is 0. Every slot has a KV cache of the whole context, so the default keeps
+    their sum near 32,768 tokens: 4 slots for the bundled model's 8,192, 8 at most, 1 at least."""
+    return max(1, min(8, KV_BUDGET_TOKENS // max(n_ctx, 1)))
 
 
 class SequenceState:
@@ -103,9 +106,6 @@ class SequenceState:
         return Finished(self.finish_reason, len(self.seq.prompt_tokens), self.completion_tokens)
 
 
-_SHUTDOWN: Any = object()
-
-
 class LlamaEngine:
     """One GGUF model, its chat template and its worker thread."""
 
@@ -121,81 +121,155 @@ class LlamaEngine:
         flash_attn: bool,
         max_queue: int,
         observer: EngineObserver,
+        n_slots: int = 0,
+        cpu_repack: bool = False,
         verbose: bool = False,
     ) -> None:
         self.model_id = model_id
         self.path = path
-        self._llama_kwargs = dict(
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=flash_attn,
-            verbose=verbose,
-        )
+        self._n_ctx_setting = n_ctx
+        self._n_threads = n_threads
+        self._n_batch = n_batch
+        self._n_gpu_layers = n_gpu_layers
+        self._flash_attn = flash_attn
+        self._n_slots_setting = n_slots
+        self._cpu_repack = cpu_repack
+        self._verbose = verbose
         self._queue: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
         self._observer = observer
-        self._llm: Any = None
+        self._model: Any = None
+        self._ctx: Any = None
+        self._scheduler: Scheduler | None = None
         self._template: jinja2.Template | None = None
         self._thread: threading.Thread | None = None
         self._special_text: dict[str, str] = {}
+        self._pieces: list[bytes] = []
         self._add_bos = False
+        self._n_ctx = 0
+        self.n_slots = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load the weights (slow: call it off the event loop) and start the worker thread."""
+        """Load the weights and create the context (slow: call it off the event loop); start the worker."""
+        global _backend_initialised
         import llama_cpp
+        from llama_cpp._internals import LlamaModel
 
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if self._verbose else logging.ERROR)
+        with _backend_ready:
+            if not _backend_initialised:
+                llama_cpp.llama_backend_init()
+                _backend_initialised = True
         started = time.perf_counter()
-        self._llm = llama_cpp.Llama(model_path=str(self.path), **self._llama_kwargs)
-        vocab = self._llm._model.vocab
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if self._n_gpu_layers == -1 else self._n_gpu_layers
+        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        mparams.use_extra_bufts = self._cpu_repack
+        model = LlamaModel(path_model=str(self.path), params=mparams, verbose=self._verbose)
+        try:
+            self._n_ctx = self._n_ctx_setting or int(model.n_ctx_train())
+            self.n_slots = self._n_slots_setting or default_slots(self._n_ctx)
+            n_batch = min(self._n_batch, self._n_ctx)
+            cpus = multiprocessing.cpu_count()
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = self._n_ctx
+            cparams.n_batch = n_batch
+            cparams.n_ubatch = min(n_batch, 512)
+            cparams.n_seq_max = self.n_slots
+            # One KV stream per slot, each of the whole context: a sequence attends to its own cells only, so
+            # its answer is the one it gets alone (a unified cache changes the attention's rounding).
+            cparams.kv_unified = False
+            cparams.n_ctx = self._n_ctx * self.n_slots
+            cparams.n_threads = self._n_threads or max(cpus // 2, 1)
+            cparams.n_threads_batch = self._n_threads or cpus
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if self._flash_attn
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+            cparams.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(model.model, cparams)
+            if ctx is None:
+                raise RuntimeError(f"llama.cpp could not create a context of {self._n_ctx} tokens for {self.path}")
+        except BaseException:
+            model.close()  # type: ignore[no-untyped-call]
+            raise
+        self._model, self._ctx = model, ctx
+        vocab = model.vocab
         self._is_eog = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
-        self._add_bos = bool(self._llm._model.add_bos_token())
+        self._add_bos = bool(model.add_bos_token())
+        self._pieces = _pieces(llama_cpp, vocab, int(model.n_vocab()))
         self._special_text = {
-            "bos_token": self._token_text(self._llm.token_bos()),
-            "eos_token": self._token_text(self._llm.token_eos()),
+            "bos_token": self._token_text(model.token_bos()),
+            "eos_token": self._token_text(model.token_eos()),
         }
-        source = self._llm.metadata.get("tokenizer.chat_template")
+        source = model.metadata().get("tokenizer.chat_template")
         if source:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_template_error
             self._template = env.from_string(source)
         else:
             logger.warning("model %s has no chat template in its GGUF metadata", self.model_id)
-        self._thread = threading.Thread(target=self._run, name=f"engine-{self.model_id}", daemon=True)
+        self._scheduler = Scheduler(
+            model_id=self.model_id,
+            ctx=ctx,
+            n_ctx=self._n_ctx,
+            n_batch=n_batch,
+            n_slots=self.n_slots,
+            n_vocab=len(self._pieces),
+            waiting=self._queue,
+            observer=self._observer,
+            new_state=self._new_state,
+        )
+        self._thread = threading.Thread(target=self._scheduler.run, name=f"engine-{self.model_id}", daemon=True)
         self._thread.start()
         logger.info(
             "model loaded",
             extra={
                 "model": self.model_id,
                 "path": str(self.path),
-                "n_ctx": self.n_ctx,
+                "n_ctx": self._n_ctx,
+                "n_slots": self.n_slots,
                 "load_s": round(time.perf_counter() - started, 2),
             },
         )
 
     def close(self) -> None:
+        import llama_cpp
+
         if self._thread is not None:
             while True:  # make room for the shutdown marker; waiting sequences are cancelled
                 try:
-                    self._queue.put_nowait(_SHUTDOWN)
+                    self._queue.put_nowait(SHUTDOWN)
                     break
                 except queue.Full:
                     self._drop_one_waiting()
             self._thread.join(timeout=30)
             self._thread = None
-        if self._llm is not None:
-            self._llm.close()
-            self._llm = None
+        self._scheduler = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
 
     @property
     def loaded(self) -> bool:
-        return self._llm is not None
+        return self._ctx is not None
 
     @property
     def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
+        return self._n_ctx
+
+    @property
+    def stats(self) -> EngineStats:
+        """The worker's counters (batching and prompt reuse)."""
+        assert self._scheduler is not None, "load() first"
+        return self._scheduler.stats
+
+    def busy_slots(self) -> int:
+        return 0 if self._scheduler is None else self._scheduler.busy_slots()
 
     # -- prompt ------------------------------------------------------------------------------------
     def render(self, messages: list[dict[str, str]]) -> str:
@@ -209,10 +283,13 @@ class LlamaEngine:
 
     def tokenize(self, prompt: str) -> list[int]:
         add_bos = self._add_bos and not prompt.startswith(self._special_text["bos_token"])
-        return list(self._llm.tokenize(prompt.encode(), add_bos=add_bos, special=True))
+        return list(self._model.tokenize(prompt.encode(), add_bos=add_bos, special=True))
 
     def _token_text(self, token: int) -> str:
-        return bytes(self._llm.detokenize([token], special=True)).decode("utf-8", errors="replace")
+        return bytes(self._model.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    def _new_state(self, seq: Sequence, limit: int) -> SequenceState:
+        return SequenceState(seq, detokenize=self._pieces.__getitem__, is_eog=self._is_eog, limit=limit)
 
     # -- requests ----------------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
@@ -228,77 +305,19 @@ class LlamaEngine:
             seq = self._queue.get_nowait()
         except queue.Empty:
             return
-        if seq is not _SHUTDOWN:
+        if seq is not SHUTDOWN:
             seq.sink(Failed("the model is shutting down"))
 
-    # -- worker thread -----------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            seq = self._queue.get()
-            if seq is _SHUTDOWN:
-                return
-            self._observer.queue_depth(self.model_id, self._queue.qsize())
-            self._observer.running(self.model_id, 1)
-            try:
-                self._generate(seq)
-            except Exception as exc:  # a failure ends this sequence, never the worker
-                logger.exception("generation failed", extra={"model": self.model_id, "request_id": seq.request_id})
-                self._observer.failed(self.model_id)
-                seq.sink(Failed(f"generation failed: {exc}"))
-            finally:
-                self._observer.running(self.model_id, 0)
 
-    def _generate(self, seq: Sequence) -> None:
-        p = seq.params
-        room = self.n_ctx - len(seq.prompt_tokens)
-        state = SequenceState(
-            seq,
-            detokenize=lambda token: bytes(self._llm.detokenize([token])),
-            is_eog=self._is_eog,
-            limit=max(0, min(p.max_tokens, room)),
-        )
-        started = time.perf_counter()
-        first_token_s: float | None = None
-        if seq.cancelled or room <= 0:
-            state.end("cancelled" if seq.cancelled else "length")
-        else:
-            self._llm.set_seed(p.seed if p.seed is not None else random.getrandbits(32))
-            tokens = self._llm.generate(
-                seq.prompt_tokens,
-                temp=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                min_p=p.min_p,
-                repeat_penalty=p.repeat_penalty,
-                presence_penalty=p.presence_penalty,
-                frequency_penalty=p.frequency_penalty,
-            )
-            try:
-                for token in tokens:
-                    if first_token_s is None:
-                        first_token_s = time.perf_counter() - started
-                    counted = state.completion_tokens
-                    done = state.accept(token)
-                    if state.completion_tokens > counted:
-                        self._observer.tokens(self.model_id, 1)
-                    if done:
-                        break
-            finally:
-                tokens.close()
-        event = state.finished_event()
-        logger.info(
-            "generation finished",
-            extra={
-                "model": self.model_id,
-                "request_id": seq.request_id,
-                "finish_reason": event.finish_reason,
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
-        self._observer.finished(self.model_id, event, first_token_s)
-        seq.sink(event)
+def _pieces(llama_cpp: Any, vocab: Any, n_vocab: int) -> list[bytes]:
+    """Each token's text as bytes (special tokens render as nothing), looked up per sampled token."""
+    size = 256
+    buf = ctypes.create_string_buffer(size)
+    out = []
+    for token in range(n_vocab):
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
+        out.append(buf.raw[:n] if n > 0 else b"")
+    return out
 
 
 def _raise_template_error(message: str) -> None:
