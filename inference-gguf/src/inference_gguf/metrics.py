@@ -35,6 +35,16 @@ class GgufMetrics(GenerationMetrics):
             registry=registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
         )
+        self.decode_seconds = Counter(
+            f"{_PREFIX}_decode_seconds", "Time spent inside llama_decode.", ["model"], registry=registry
+        )
+        self.step_seconds = Counter(
+            f"{_PREFIX}_step_seconds",
+            "Time spent in decoding steps: llama_decode plus building the batch and sampling (the difference "
+            "is the engine's own per-step overhead).",
+            ["model"],
+            registry=registry,
+        )
         self.prompt_reused = Counter(
             f"{_PREFIX}_prompt_tokens_reused",
             "Prompt tokens found in a slot's KV cache (not evaluated again).",
@@ -49,9 +59,11 @@ class GgufMetrics(GenerationMetrics):
         super().running(model, count)
         self.slots_busy.labels(model).set(count)
 
-    def step(self, model: str, sequences: int, tokens: int) -> None:
+    def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None:
         self.batch_sequences.labels(model).observe(sequences)
         self.batch_tokens.labels(model).observe(tokens)
+        self.decode_seconds.labels(model).inc(decode_s)
+        self.step_seconds.labels(model).inc(step_s)
 
     def prompt(self, model: str, reused: int, evaluated: int) -> None:
         if reused:

@@ -48,7 +48,7 @@ class BatchObserver(Protocol):
     def tokens(self, model: str, count: int) -> None: ...
     def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
     def failed(self, model: str) -> None: ...
-    def step(self, model: str, sequences: int, tokens: int) -> None: ...
+    def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None: ...
     def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
 
 
@@ -187,7 +187,7 @@ class Scheduler:
 
         decode_started = time.perf_counter()
         rc = self._llama.llama_decode(self._ctx, batch.struct)
-        self.stats.decode_s += time.perf_counter() - decode_started
+        decode_s = time.perf_counter() - decode_started
         if rc != 0:
             for slot in [*generating, *(s for s, _ in chunks)]:
                 self._forget(slot)
@@ -204,7 +204,7 @@ class Scheduler:
         stats.steps += 1
         stats.shared_steps += len(generating) >= 2
         stats.batch_tokens += batch.n
-        self._observer.step(self.model_id, len(generating) + len(chunks), batch.n)
+        stats.decode_s += decode_s
 
         generated = 0
         now = time.perf_counter()
@@ -226,7 +226,9 @@ class Scheduler:
             else:
                 slot.next_token = token
         self._observer.tokens(self.model_id, generated)
-        stats.step_s += time.perf_counter() - started
+        step_s = time.perf_counter() - started
+        stats.step_s += step_s
+        self._observer.step(self.model_id, len(generating) + len(chunks), batch.n, decode_s, step_s)
 
     # -- ending sequences ----------------------------------------------------------------------------
     def _finish(self, slot: Slot, reason: FinishReason | None = None) -> None:
