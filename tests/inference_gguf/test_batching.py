@@ -6,6 +6,7 @@ this engine answering each request alone; counters come from the engine itself (
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from chat_common.bundled import bundled_gguf_path
+from chat_common.errors import APIError
 from chat_common.generation import EngineEvent, Finished, SamplingParams, Sequence, TextDelta
 from inference_gguf.engine import LlamaEngine
+from inference_gguf.structured import GrammarSequence, grammar_for
 from tests.llama_reference import RECORDED, llama_cpp_answers
 
 SLOTS = 4
@@ -181,6 +184,54 @@ def test_a_sessions_next_turn_evaluates_only_the_new_tokens(engine: LlamaEngine)
     # the same prompt once more, twice at once: one slot holds it all, another only the system prompt
     again = _together(engine, [(turn2, _params(24)), (turn2, _params(24))])
     assert again == [reply, reply]
+
+
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_constrains_only_its_own_sequence(engine: LlamaEngine) -> None:
+    """A JSON-schema request, a JSON-object request and a free one decode in the same steps: the first two
+    answer JSON that parses (the first with exactly the schema's fields and types), the third is the same
+    free text it is alone."""
+    question = _prompt(engine, "Reply with a JSON object with the keys name and age for Ada, 36.")
+    free_alone = _together(engine, [(question, _params(48))])[0]
+    schema_grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}})
+    object_grammar = grammar_for({"type": "json_object"})
+    assert schema_grammar and object_grammar and engine.grammar_compiles(schema_grammar)
+    runs = []
+    for grammar in (schema_grammar, object_grammar):
+        run = _Run()
+        engine.submit(GrammarSequence(question, _params(200), run.events.put, grammar=grammar))
+        runs.append(run)
+    free = _submit(engine, question, _params(48))
+    (by_schema, f1), (as_object, f2), free_together = runs[0].result(), runs[1].result(), free.result()
+    assert (f1.finish_reason, f2.finish_reason) == ("stop", "stop")  # the grammar ended them, not max_tokens
+    person = json.loads(by_schema)
+    assert set(person) == {"name", "age", "city"}  # "city" too, which the question never asked for
+    assert isinstance(person["name"], str) and type(person["age"]) is int and isinstance(person["city"], str)
+    assert isinstance(json.loads(as_object), dict)
+    assert free_together == free_alone
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        "json",
+        {"type": "xml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"schema": "not an object"}},
+    ],
+)
+def test_unusable_response_formats_are_a_400(response_format: object) -> None:
+    with pytest.raises(APIError) as caught:
+        grammar_for(response_format)
+    assert (caught.value.status_code, caught.value.param) == (400, "response_format")
+    assert grammar_for({"type": "text"}) is None and grammar_for(None) is None
 
 
 @pytest.mark.gpu

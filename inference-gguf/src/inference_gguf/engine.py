@@ -36,6 +36,7 @@ from chat_common.generation import (
     TemplateError,
     TextDelta,
 )
+from inference_gguf.sampling import grammar_compiles
 from inference_gguf.scheduler import SHUTDOWN, BatchObserver, EngineStats, Scheduler
 
 __all__ = ["EngineObserver", "LlamaEngine", "SequenceState", "default_slots"]
@@ -217,6 +218,7 @@ class LlamaEngine:
             n_batch=n_batch,
             n_slots=self.n_slots,
             n_vocab=len(self._pieces),
+            vocab=vocab,
             waiting=self._queue,
             observer=self._observer,
             new_state=self._new_state,
@@ -287,6 +289,10 @@ class LlamaEngine:
 
     def _token_text(self, token: int) -> str:
         return bytes(self._model.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    def grammar_compiles(self, grammar: str) -> bool:
+        """Whether llama.cpp accepts this GBNF grammar for the model's vocabulary."""
+        return grammar_compiles(self._model.vocab, grammar)
 
     def _new_state(self, seq: Sequence, limit: int) -> SequenceState:
         return SequenceState(seq, detokenize=self._pieces.__getitem__, is_eog=self._is_eog, limit=limit)

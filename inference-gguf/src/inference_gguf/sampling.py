@@ -4,7 +4,9 @@
 The chain is the one llama-cpp-python's ``Llama.generate`` builds (which this service used before it
 batched), so a request samples alike either way: repetition penalties over the last 64 generated tokens,
 then greedy at temperature 0, else top-k, typical (1.0: off), top-p, min-p, temperature and a seeded draw.
-A sequence at temperature 0 without penalties is plain argmax: :attr:`SequenceSampler.greedy` tells the
+A sequence with a grammar (``response_format``) gets llama.cpp's grammar sampler right after the
+penalties, so only tokens the grammar allows can be drawn. A sequence at temperature 0 without penalties or
+grammar is plain argmax: :attr:`SequenceSampler.greedy` tells the
 engine so, and it takes the argmax of all such rows in one numpy call instead.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 from chat_common.generation import SamplingParams
 
-__all__ = ["PENALTY_LAST_N", "SequenceSampler"]
+__all__ = ["PENALTY_LAST_N", "SequenceSampler", "grammar_compiles"]
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default window (last_n_tokens_size)
 
@@ -24,13 +26,14 @@ class SequenceSampler:
     """A native sampler chain for one sequence; :meth:`close` frees it (the engine does, when the
     sequence ends)."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    def __init__(self, params: SamplingParams, n_vocab: int, *, vocab: Any = None, grammar: str | None = None) -> None:
         import llama_cpp
 
         self._llama = llama_cpp
         p = params
         self.greedy = (
-            p.temperature == 0.0
+            grammar is None
+            and p.temperature == 0.0
             and p.repeat_penalty == 1.0
             and p.presence_penalty == 0.0
             and p.frequency_penalty == 0.0
@@ -47,6 +50,12 @@ class SequenceSampler:
                 n_vocab, PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
             ),
         )
+        if grammar is not None:
+            constraint = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not constraint:
+                llama_cpp.llama_sampler_free(chain)
+                raise ValueError("llama.cpp rejected the grammar")
+            add(chain, constraint)
         if p.temperature == 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -66,3 +75,14 @@ class SequenceSampler:
         if self._chain is not None:
             self._llama.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def grammar_compiles(vocab: Any, grammar: str) -> bool:
+    """Whether llama.cpp accepts ``grammar`` (root rule ``root``) for this vocabulary."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True

@@ -77,6 +77,7 @@ class Scheduler:
         n_batch: int,
         n_slots: int,
         n_vocab: int,
+        vocab: Any,
         waiting: queue.Queue[Sequence],
         observer: BatchObserver,
         new_state: Callable[[Sequence, int], SequenceState],
@@ -89,6 +90,7 @@ class Scheduler:
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._n_ctx = n_ctx
         self._n_vocab = n_vocab
+        self._vocab = vocab
         self._queue = waiting
         self._observer = observer
         self._new_state = new_state
@@ -157,7 +159,9 @@ class Scheduler:
         reuse = min(common, len(prompt) - 1)  # at least one token is evaluated: its logits start the answer
         if len(slot.cache) > reuse:
             self._llama.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
-        slot.assign(state, SequenceSampler(seq.params, self._n_vocab), reuse)
+        grammar = getattr(seq, "grammar", None)  # a GrammarSequence's response_format
+        sampler = SequenceSampler(seq.params, self._n_vocab, vocab=self._vocab, grammar=grammar)
+        slot.assign(state, sampler, reuse)
         self.stats.prompt_reused += reuse
         self.stats.prompt_evaluated += len(prompt) - reuse
         self._observer.prompt(self.model_id, reuse, len(prompt) - reuse)
@@ -250,6 +254,7 @@ class Scheduler:
         )
         self._observer.finished(self.model_id, event, slot.first_token_s)
         slot.release()
+        self._observer.running(self.model_id, self.busy_slots())
         state.seq.sink(event)
 
     def _fail(self, slot: Slot, message: str) -> None:
@@ -258,6 +263,7 @@ class Scheduler:
             return
         self._observer.failed(self.model_id)
         slot.release()
+        self._observer.running(self.model_id, self.busy_slots())
         state.seq.sink(Failed(message))
 
     def _forget(self, slot: Slot) -> None:

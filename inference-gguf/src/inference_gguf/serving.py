@@ -9,9 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from chat_common.context import access_fields, request_id
 from chat_common.engine_serving import EngineServing, GenerationMetrics, Prepared, event_bridge, template_messages
 from chat_common.errors import APIError
-from chat_common.generation import SamplingDefaults, Sequence, TemplateError
+from chat_common.generation import SamplingDefaults, TemplateError
 from chat_common.protocol import ChatCompletionRequest
 from inference_gguf.engine import LlamaEngine
+from inference_gguf.structured import GrammarSequence, grammar_for
 
 __all__ = ["ChatServing"]
 
@@ -48,7 +49,16 @@ class ChatServing(EngineServing):
             prompt = engine.render(template_messages(request))
         except TemplateError as exc:
             raise self.template_failed(request.model, exc) from exc
+        grammar = grammar_for((request.model_extra or {}).get("response_format"))
+        if grammar is not None and not await run_in_threadpool(engine.grammar_compiles, grammar):
+            raise APIError(
+                400,
+                f"The model '{request.model}' cannot follow this response_format (llama.cpp rejected its grammar).",
+                param="response_format",
+                code="invalid_response_format",
+            )
         tokens = await run_in_threadpool(engine.tokenize, prompt)
         params = self.sampling(request, self.defaults[request.model], n_ctx=engine.n_ctx, prompt_tokens=len(tokens))
         events, sink = event_bridge()
-        return self.queue(request, Sequence(tokens, params, sink, request_id=request_id()), engine.submit, events)
+        seq = GrammarSequence(tokens, params, sink, request_id=request_id(), grammar=grammar)
+        return self.queue(request, seq, engine.submit, events)
