@@ -71,6 +71,7 @@ def inference(logs: Path) -> Iterator[Service]:
             "INFERENCE_GGUF_MODELS_DIR": str(logs / "no-models"),
             "INFERENCE_GGUF_MODELS_CONFIG": str(config),
             "INFERENCE_GGUF_MAX_QUEUE": "2",
+            "INFERENCE_GGUF_N_SLOTS": "2",
             "INFERENCE_GGUF_N_THREADS": "2",
         },
         port,

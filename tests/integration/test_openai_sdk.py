@@ -165,7 +165,8 @@ def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference
 
 
 async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> None:
-    """The service under test keeps at most 2 waiting requests (INFERENCE_GGUF_MAX_QUEUE=2)."""
+    """The service under test decodes 2 sequences at once (INFERENCE_GGUF_N_SLOTS=2) and keeps at most 2
+    more waiting (INFERENCE_GGUF_MAX_QUEUE=2)."""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count."}],
@@ -174,14 +175,19 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> No
         "ignore_eos": True,
     }
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
-        running = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
-        await running.aiter_raw().__anext__()  # the first one is generating
+        running = []
+        for _ in range(2):  # both slots generating: each has streamed a token
+            response = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+            lines = response.aiter_lines()
+            while '"content":""' in (line := await lines.__anext__()) or '"content"' not in line:
+                pass
+            running.append(response)
         waiting = [
             await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             for _ in range(2)
         ]
         refused = await http.post("/v1/chat/completions", json=body)
-        for response in (running, *waiting):
+        for response in (*running, *waiting):
             await response.aclose()
     assert [w.status_code for w in waiting] == [200, 200]
     assert refused.status_code == 429
