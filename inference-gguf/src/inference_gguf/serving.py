@@ -49,7 +49,16 @@ class ChatServing(EngineServing):
             prompt = engine.render(template_messages(request))
         except TemplateError as exc:
             raise self.template_failed(request.model, exc) from exc
-        grammar = grammar_for((request.model_extra or {}).get("response_format"))
+        extra = request.model_extra or {}
+        for name in ("logprobs", "top_logprobs"):
+            if extra.get(name):  # never a silent 200 without what was asked for
+                raise APIError(
+                    400,
+                    f"The model '{request.model}' does not return {name} yet; remove the field.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        grammar = grammar_for(extra.get("response_format"))
         if grammar is not None and not await run_in_threadpool(engine.grammar_compiles, grammar):
             raise APIError(
                 400,
