@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -215,6 +216,40 @@ def test_a_long_prompt_is_spread_over_steps_while_others_generate(engine: LlamaE
         assert late_answer[1].prompt_tokens == len(long) and late_answer[0]
     finally:
         small.close()
+
+
+def test_many_requests_with_cancels_all_end_once_and_free_every_slot(engine: LlamaEngine) -> None:
+    """Eight requests on four slots (the queue holds 8), two of them cancelled right after they were queued:
+    each gets exactly one final event, the others their full answers, and no slot stays busy. (A cancel
+    while generating is the test above.)"""
+    prompts = [_prompt(engine, f"Write a sentence about the number {i}.") for i in range(8)]
+    finals: list[list[EngineEvent]] = [[] for _ in prompts]
+    ended = threading.Semaphore(0)
+    seqs: list[Sequence] = []
+
+    def sink_for(i: int) -> Callable[[EngineEvent], None]:
+        def sink(event: EngineEvent) -> None:
+            if not isinstance(event, TextDelta):
+                finals[i].append(event)
+                ended.release()
+
+        return sink
+
+    for i, tokens in enumerate(prompts):
+        seqs.append(Sequence(tokens, _params(12, ignore_eos=True), sink_for(i)))
+        engine.submit(seqs[-1])
+        if i % 3 == 2:
+            seqs[i - (i % 6 == 5)].cancel()  # the one just submitted (still waiting) or the one before it
+    for _ in prompts:
+        assert ended.acquire(timeout=120)
+    assert all(len(f) == 1 and isinstance(f[0], Finished) for f in finals)
+    reasons = [f[0].finish_reason for f in finals if isinstance(f[0], Finished)]
+    assert reasons.count("cancelled") == 2 and reasons.count("length") == 6
+    assert all(
+        f[0].completion_tokens == 12 for f in finals if isinstance(f[0], Finished) and f[0].finish_reason == "length"
+    )
+    time.sleep(0.2)  # the worker publishes the last state between steps
+    assert engine.busy_slots() == 0
 
 
 def test_a_sessions_next_turn_evaluates_only_the_new_tokens(engine: LlamaEngine) -> None:
