@@ -73,7 +73,8 @@ class Conversation:
         self.forwarded = False  # the request reached a model: there is an exchange to store
         self.stored = False
 
-    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def run(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        """Answer the request; ``started``: its ``time.perf_counter()`` on arrival (for the metrics)."""
         status = 499
         async with cancel_on_disconnect(receive) as gone:
             try:
@@ -93,7 +94,7 @@ class Conversation:
                 await self._store()
             await response(scope, receive, self._with_headers(send))
             status = response.status_code
-        count_chat(self.proxy, self.chat.model, status, gone())
+        count_chat(self.proxy, self.chat.model, status, gone(), started)
         if gone():
             await self._store()  # what the client was sent before it left, marked interrupted
 
