@@ -126,7 +126,7 @@ async def test_filtered_answers_are_what_a_session_stores_and_what_a_seed_route_
         response = await client.post("/chat", json={"prompt": "vpn?", "session_id": "s1"})
     assert response.status_code == 200, response.text
     assert response.text == 'data: {"token":"HELLO "}\n\ndata: {"token":"WORLD"}\n\ndata: [DONE]\n\n'
-    stored = orjson.loads(next(s for s in history.seen if s.method == "POST").body)["messages"]
+    stored = [m for s in history.seen if s.method == "POST" for m in orjson.loads(s.body)["messages"]]
     assert [(m["role"], m["content"]) for m in stored] == [("user", "vpn?"), ("assistant", "HELLO WORLD")]
 
 

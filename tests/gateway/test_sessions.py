@@ -4,7 +4,6 @@ real history service on SQLite, started as a subprocess."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,22 +13,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import Settings
 from tests.gateway.fakes import Replica, chat, chunk, dead_url, gateway, model_replica, running, sse
-from tests.services import Service, free_port, start_service
-
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    logs = tmp_path_factory.mktemp("history")
-    port = free_port()
-    service = start_service(
-        "history",
-        ["-m", "history"],
-        {"HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")},
-        port,
-        logs,
-    )
-    yield service
-    service.stop()
+from tests.services import Service
 
 
 def _stored(history: Service, session: str) -> list[dict[str, Any]]:

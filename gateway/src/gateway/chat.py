@@ -65,7 +65,8 @@ class ChatRoutes:
                 data = json_object(body, "with 'model' and 'messages'")
                 chat = chat_request(data)
             else:
-                chat = finetunellm.chat_request(body, self.state.settings.finetune_model)
+                settings = self.state.settings
+                chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             if session is not None and self.state.history is None:
@@ -95,7 +96,14 @@ class ChatRoutes:
             await self._relay_unchanged(scope, receive, send, chat, body, started)
         else:
             await Conversation(
-                self.state, chat, data, session=session, retrieval=retrieval, query=query, reframe=reframe
+                self.state,
+                chat,
+                data,
+                session=session,
+                retrieval=retrieval,
+                query=query,
+                reframe=reframe,
+                store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
             ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
