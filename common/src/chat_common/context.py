@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["REQUEST_ID_HEADER", "access_fields", "new_request_id", "request_id", "valid_request_id"]
 
@@ -25,7 +25,7 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def valid_request_id(value: str | None) -> bool:
+def valid_request_id(value: str | None) -> TypeGuard[str]:
     return bool(value) and _VALID_ID.match(value or "") is not None
 
 

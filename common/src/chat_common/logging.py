@@ -71,7 +71,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     handler.setFormatter(JsonLinesFormatter(service))
     # No record needs the caller's file and line or thread and process names (the JSON lines carry none): the
     # logging HOWTO's "Optimization" switches, which save a frame walk and three lookups per record.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -15,11 +15,11 @@ from starlette.types import Receive, Scope, Send
 
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
+from gateway.answer import AnswerFilter
 from gateway.chat import ChatRoutes
+from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings
-from gateway.finetune import router as finetune_router
 from gateway.history import HistoryClient
-from gateway.itsupport import router as itsupport_router
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
 from gateway.proxy import Proxy
@@ -62,10 +62,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.
+    answer_filters: list[AnswerFilter] = []
+    app.state.answer_filters = answer_filters
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(finetune_router)
-    app.include_router(itsupport_router)
+    for compat_router in COMPAT_ROUTERS:
+        app.include_router(compat_router)
     app.include_router(model_admin_router)
     return app
 
@@ -77,11 +80,17 @@ class Gateway:
     FastAPI's own per-request layers (telemetry probes, body-limit and exception middleware, routing,
     dependency solving) cost about a third of the streaming throughput, so chat requests skip them.
     ``api`` is the FastAPI app: its lifespan starts the upstream client and its ``state`` holds it.
+
+    The stack, outermost first: request context (request id, access line), then the routes (chat hot
+    path, then FastAPI). Admission (authentication, rate limits) belongs between the two, as one ASGI
+    layer wrapped around ``routes`` below: every request then passes it, chat or not, before any body
+    is read, and a refusal it renders still carries the request id and gets its access line.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.api = create_app(settings)
-        self._stack = RequestContextMiddleware(ChatRoutes(self.api, state=self.api.state))
+        routes = ChatRoutes(self.api, state=self.api.state)
+        self._stack = RequestContextMiddleware(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)

@@ -1,9 +1,9 @@
 """Loading and unloading models through the gateway, on every replica of the service that owns them.
 
-``POST /v1/models/{id}/load`` and ``POST /v1/models/{id}/unload`` (unified API), and the AlterEgo
-backend's ``POST /models/{name}/load``, ``DELETE /models/{name}/unload`` and ``GET /models`` (seed 004).
-Ids may contain slashes (``microsoft/DialoGPT-medium``). Services that keep every model loaded
-(inference-gguf) have no such routes: the gateway answers 400 saying so.
+``POST /v1/models/{id}/load`` and ``POST /v1/models/{id}/unload`` (unified API); the AlterEgo
+backend's spellings of both (seed 004) are in :mod:`gateway.compat.alterego`. Ids may contain slashes
+(``microsoft/DialoGPT-medium``). Services that keep every model loaded (inference-gguf) have no such
+routes: the gateway answers 400 saying so.
 """
 
 from __future__ import annotations
@@ -19,31 +19,23 @@ from chat_common.errors import APIError
 from gateway.proxy import Proxy
 from gateway.registry import Replica, describe_error
 
-__all__ = ["router"]
+__all__ = ["on_every_replica", "router"]
 
 router = APIRouter(tags=["model management"])
 
 
-@router.get("/models")
-async def list_models(request: Request) -> dict[str, object]:
-    """The AlterEgo backend's model list: the same as ``GET /v1/models``."""
-    proxy: Proxy = request.app.state.proxy
-    return {"object": "list", "data": proxy.registry.cards()}
-
-
 @router.post("/v1/models/{model:path}/load")
-@router.post("/models/{model:path}/load")
 async def load(request: Request, model: str) -> dict[str, Any]:
-    return await _on_every_replica(request.app.state.proxy, model, "load")
+    return await on_every_replica(request.app.state.proxy, model, "load")
 
 
 @router.post("/v1/models/{model:path}/unload")
-@router.delete("/models/{model:path}/unload")
 async def unload(request: Request, model: str) -> dict[str, Any]:
-    return await _on_every_replica(request.app.state.proxy, model, "unload")
+    return await on_every_replica(request.app.state.proxy, model, "unload")
 
 
-async def _on_every_replica(proxy: Proxy, model: str, action: str) -> dict[str, Any]:
+async def on_every_replica(proxy: Proxy, model: str, action: str) -> dict[str, Any]:
+    """``action`` ("load" or "unload") on every replica serving ``model``; the registry is re-read after."""
     replicas = await proxy.route(model)  # 404 listing the known models when nobody serves it
     answers = await asyncio.gather(*(_call(proxy, replica, model, action) for replica in replicas))
     await proxy.registry.refresh()  # /v1/models shows the new state at once

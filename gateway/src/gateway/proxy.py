@@ -60,9 +60,11 @@ class Proxy:
             )
         return replicas
 
-    async def forward(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
-        """POST ``body`` to a replica serving ``model``; its answer as an ASGI response to send on,
-        or an :class:`APIError` 503/404. A cancellation (the client left) drops the upstream request."""
+    async def call_model(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
+        """POST ``body`` to ``path`` on a replica serving ``model`` (the next replica when one cannot be
+        reached); its answer as an ASGI response to send on (an :class:`EventStream` when ``stream`` and
+        the replica streams), or an :class:`APIError` 503/404. A cancellation (the client left) drops the
+        upstream request."""
         access_fields()["model"] = model
         replicas = await self.route(model)
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
@@ -70,11 +72,11 @@ class Proxy:
         for replica in replicas:
             release = _claim(replica)
             try:
-                upstream = await self._send(replica.url + path, body, headers)
+                upstream = await self._post(replica.url + path, body, headers)
                 if stream:
                     return await self._stream(replica, upstream, release)
                 try:
-                    return await _whole(upstream)
+                    return await _read_whole(upstream)
                 finally:
                     release()
             except _UNREACHABLE as exc:
@@ -110,7 +112,8 @@ class Proxy:
             code="upstream_unavailable",
         )
 
-    async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST, asking once more on a fresh connection when a pooled one turns out to be closed."""
         try:
             return await self.session.post(url, data=body, headers=headers)
         except aiohttp.ClientConnectorError:
@@ -126,7 +129,7 @@ class Proxy:
     ) -> Response | EventStream:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             try:
-                return await _whole(upstream)  # an error answer: passed on as it is
+                return await _read_whole(upstream)  # an error answer: passed on as it is
             finally:
                 release()
 
@@ -217,7 +220,8 @@ def _claim(replica: Replica) -> Callable[[], None]:
     return release
 
 
-async def _whole(upstream: aiohttp.ClientResponse) -> Response:
+async def _read_whole(upstream: aiohttp.ClientResponse) -> Response:
+    """The upstream answer read to its end, as a response with its status and passed-back headers."""
     try:
         content = await upstream.read()
     except BaseException:  # cut short, or cancelled because the client left:

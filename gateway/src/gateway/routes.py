@@ -1,4 +1,8 @@
-"""HTTP routes of the gateway: the unified OpenAI-compatible API, health, readiness and metrics."""
+"""The unified API's FastAPI routes other than chat: the model list, health, readiness and metrics.
+
+``POST /v1/chat/completions`` is answered in front of FastAPI (:mod:`gateway.chat`); loading and
+unloading models is :mod:`gateway.model_admin`; the seed systems' routes are :mod:`gateway.compat`.
+"""
 
 from __future__ import annotations
 

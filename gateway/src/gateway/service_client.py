@@ -3,6 +3,8 @@
 A failure to reach a service, or a 5xx from it, raises the client's ``unavailable`` exception (the
 gateway answers 503 or degrades as configured); a 4xx raises :class:`ServiceRefused` with the service's
 own message, because it means the request (or the gateway) asked for something the service refuses.
+Every call carries the request's ``X-Request-ID``, as the calls to model services do, so one id follows a
+request through every service's log.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from chat_common.context import REQUEST_ID_HEADER, request_id
 from gateway.registry import describe_error
 
 __all__ = ["JsonService", "ServiceRefused", "ServiceUnavailable"]
@@ -41,14 +44,18 @@ class JsonService:
 
     async def ready(self) -> bool:
         try:
-            async with self._session.get(f"{self.base_url}/ready", timeout=self._timeout) as response:
+            async with self._session.get(
+                f"{self.base_url}/ready", timeout=self._timeout, headers=_request_headers()
+            ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
 
     async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            async with self._session.request(method, self.base_url + path, timeout=self._timeout, **kwargs) as response:
+            async with self._session.request(
+                method, self.base_url + path, timeout=self._timeout, headers=_request_headers(), **kwargs
+            ) as response:
                 if response.status >= 500:
                     raise self.unavailable(
                         f"the {self.label} service answered {response.status}: {_message(await response.read())}"
@@ -63,6 +70,11 @@ class JsonService:
             if isinstance(exc, ServiceRefused):
                 raise
             raise self.unavailable(f"{self.base_url}: {describe_error(exc)}") from exc
+
+
+def _request_headers() -> dict[str, str]:
+    rid = request_id()
+    return {REQUEST_ID_HEADER: rid} if rid else {}
 
 
 def _message(payload: Any) -> str:

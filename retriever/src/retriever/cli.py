@@ -160,8 +160,8 @@ def _ingest(args: argparse.Namespace) -> int:
         raise _Failure(str(exc), 2) from None
     for path in loaded.skipped_files:
         print(f"skipped {path}: not one of {', '.join(SUFFIXES)}", file=sys.stderr)
-    for path in loaded.blank:
-        print(f"skipped {path}: no text", file=sys.stderr)
+    for name in loaded.blank:
+        print(f"skipped {name}: no text", file=sys.stderr)
     documents = loaded.documents
     if not documents:
         raise _Failure(

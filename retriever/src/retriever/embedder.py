@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -83,12 +84,15 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         model = SentenceTransformer(self.path, device="cpu")
         dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dimension = int(dimension())
+        found = dimension()
+        if found is None or model.max_seq_length is None:
+            raise RuntimeError(f"{self.path}: the model declares no embedding dimension or maximum sequence length")
+        self.dimension = int(found)
         self.max_tokens = int(model.max_seq_length)
         model.eval()
         # preprocess() is what newer sentence-transformers call tokenize()
@@ -211,7 +215,7 @@ class EmbeddingWorker:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         ordered = [texts[i] for i in order]
         futures = [
-            self.submit(lambda part=ordered[i : i + step]: self._batch(embedder, part, with_tokens), priority)
+            self.submit(functools.partial(self._batch, embedder, ordered[i : i + step], with_tokens), priority)
             for i in range(0, len(ordered), step)
         ]
         try:

@@ -128,7 +128,8 @@ class VectorIndex:
 
     def ids(self) -> np.ndarray:
         """Every id in the index, tombstones included, in insertion order."""
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        ids: np.ndarray = faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        return ids
 
     def set_tombstones(self, ids: set[int]) -> None:
         """Declare which ids of an HNSW index are removed (after loading it from a file)."""
@@ -204,7 +205,8 @@ class VectorIndex:
         return ids, self.vectors(ids)
 
     def serialize(self) -> bytes:
-        return faiss.serialize_index(self._index).tobytes()
+        data: bytes = faiss.serialize_index(self._index).tobytes()
+        return data
 
 
 def write_atomically(path: Path, data: bytes) -> None:

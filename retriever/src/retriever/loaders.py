@@ -166,6 +166,7 @@ def read_documents(paths: Sequence[Path]) -> Loaded:
     loaded = Loaded()
     seen: dict[str, str] = {}
     for given in paths:
+        files: list[tuple[Path, Path | None]]
         if given.is_dir():
             files = [(path, given) for path in _walk(given)]
         elif given.is_file():

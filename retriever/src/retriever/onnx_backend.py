@@ -121,7 +121,8 @@ def _export(auto_model: Any, sample: list[Any], inputs: list[str], path: Path) -
             self.model = auto_model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(inputs, tensors, strict=True))).last_hidden_state
+            hidden: torch.Tensor = self.model(**dict(zip(inputs, tensors, strict=True))).last_hidden_state
+            return hidden
 
     dynamic = {name: {0: "batch", 1: "tokens"} for name in [*inputs, _OUTPUT]}
     exported = io.BytesIO()
@@ -132,7 +133,7 @@ def _export(auto_model: Any, sample: list[Any], inputs: list[str], path: Path) -
         torch.onnx.export(
             _TokenEmbeddings().eval(),
             tuple(sample),
-            exported,
+            exported,  # type: ignore[arg-type]  # a binary file object is accepted (torch.onnx.export's docs)
             input_names=inputs,
             output_names=[_OUTPUT],
             dynamic_axes=dynamic,

@@ -133,10 +133,12 @@ async def list_models(service: Service) -> ModelList:
     """The embedders, as OpenAI's model list (what ``model`` in /v1/embeddings accepts)."""
     return ModelList(
         data=[
-            ModelCard(id=embedder_id, owned_by="retriever", loaded=embedder_id in service.embedders)
+            ModelCard.model_validate(
+                {"id": embedder_id, "owned_by": "retriever", "loaded": embedder_id in service.embedders}
+            )
             for embedder_id in service.settings.embedder_ids()
         ]
-    )  # type: ignore[call-arg]
+    )
 
 
 @router.get("/health")

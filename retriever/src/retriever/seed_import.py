@@ -220,7 +220,12 @@ def _documents(records: list[Any], keyed_ids: list[str] | None, source: str) -> 
         }
         if isinstance(record.get("metadata"), Mapping):
             metadata.update(_jsonable(record["metadata"]))
-        fields = {"text": text, "title": title[:1000] if title else None, "source": doc_source, "metadata": metadata}
+        fields: dict[str, Any] = {
+            "text": text,
+            "title": title[:1000] if title else None,
+            "source": doc_source,
+            "metadata": metadata,
+        }
         parsed.append((position, given_id, fields))
     ids = [given for _, given, _ in parsed]
     notes = []

@@ -106,15 +106,15 @@ class RetrieverService:
             self.load_errors[f"collection '{name}'"] = error
         for name in self.registry.names():
             collection = self.registry.collections[name]
-            embedder = self.embedders.get(collection.config.embedder)
-            if embedder is None:
+            serves = self.embedders.get(collection.config.embedder)
+            if serves is None:
                 self.load_errors[f"collection '{name}'"] = (
                     f"its embedder '{collection.config.embedder}' is not loaded; configure it in RETRIEVER_EMBEDDERS"
                 )
-            elif embedder.dimension != collection.config.dimension:
+            elif serves.dimension != collection.config.dimension:
                 self.load_errors[f"collection '{name}'"] = (
                     f"it holds {collection.config.dimension}-dimensional vectors but embedder "
-                    f"'{embedder.id}' makes {embedder.dimension}-dimensional ones"
+                    f"'{serves.id}' makes {serves.dimension}-dimensional ones"
                 )
             self._publish_sizes(collection)
         self.loaded = True

@@ -67,7 +67,7 @@ class MongoStore:
         description = describe_mongodb(uri, database)
         timeout_ms = max(1, int(timeout_s * 1000))
         try:
-            client = AsyncIOMotorClient(
+            client: Any = AsyncIOMotorClient(
                 uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, appname="switchboard-history"
             )
         except PyMongoError as exc:  # malformed URI, unresolvable SRV record

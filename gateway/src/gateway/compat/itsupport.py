@@ -128,7 +128,7 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     )
     body = {"model": model, "max_tokens": ask.max_tokens, "stream": False, "messages": messages}
     try:
-        response = await proxy.forward(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
+        response = await proxy.call_model(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:
         raise SupportError(
             503 if exc.status_code in (404, 503) else 500,

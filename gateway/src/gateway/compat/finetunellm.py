@@ -1,8 +1,10 @@
 """The FineTuneLLM backend's API (seed 003), kept working through the gateway.
 
-``POST /chat`` streams through the gateway's chat path (:mod:`gateway.chat`); the routes here read and
-clear a session's messages and report status. Sessions live in the history service; the model is
-``GATEWAY_FINETUNE_MODEL``.
+``POST /chat`` streams through the gateway's chat path (:mod:`gateway.chat`): :func:`chat_request`
+turns its ``{"prompt", "session_id"}`` body into a streamed chat request with a session, and
+:func:`reframe_stream` turns the OpenAI chunks back into that backend's ``data: {"token": ...}``
+events. The FastAPI routes here read and clear a session's messages and report status. Sessions live in
+the history service; the model is ``GATEWAY_FINETUNE_MODEL``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from chat_common import sse
 from chat_common.errors import APIError
+from chat_common.protocol import ChatCompletionRequest
+from chat_common.requests import chat_request as validated_chat_request
+from chat_common.requests import json_object
 from gateway.history import HistoryClient, HistoryUnavailable
 from gateway.proxy import Proxy
 from gateway.sessions import SESSION_ID_PATTERN
 
-__all__ = ["router"]
+__all__ = ["CHAT_PATH", "DEFAULT_SESSION", "chat_request", "reframe_stream", "router"]
 
 router = APIRouter(tags=["FineTuneLLM compatibility"])
 
+CHAT_PATH = "/chat"  # answered by gateway.chat, in front of this router
 DEFAULT_SESSION = "default"
 SessionId = Annotated[str, Query(pattern=SESSION_ID_PATTERN)]
 
@@ -98,3 +105,41 @@ async def clear_history(request: Request, session_id: SessionId = DEFAULT_SESSIO
         "session_id": session_id,
         "deleted": deleted,
     }
+
+
+def chat_request(body: bytes, model: str) -> ChatCompletionRequest:
+    """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request."""
+    data = json_object(body, "with a 'prompt' (and optionally a 'session_id')")
+    if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+        raise APIError(
+            400,
+            "Send a JSON object with a non-empty 'prompt' string (and optionally 'session_id').",
+            param="prompt",
+            code="invalid_value",
+        )
+    return validated_chat_request(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": data["prompt"]}],
+            "stream": True,
+            "session_id": data.get("session_id") or DEFAULT_SESSION,
+        }
+    )
+
+
+def reframe_stream(payloads: list[dict[str, Any] | None]) -> bytes:
+    """OpenAI chunk events as FineTuneLLM's stream: ``data: {"token": "..."}`` per piece of text; an error
+    event and ``data: [DONE]`` are passed on."""
+    out: list[bytes] = []
+    for payload in payloads:
+        if payload is None:
+            out.append(sse.DONE)
+        elif "error" in payload:
+            out.append(sse.event(payload))
+        else:
+            out.extend(
+                sse.event({"token": text})
+                for choice in payload.get("choices") or ()
+                if (text := (choice.get("delta") or {}).get("content"))
+            )
+    return b"".join(out)

@@ -1,0 +1,84 @@
+"""A chat request's answer from its model: asked for, passed through the answer filters, counted.
+
+:func:`model_answer` is the one place every chat answer comes from, whichever route asked (the OpenAI
+route with or without a session or retrieval, and the seeds' chat routes), so it is where an answer
+passes through the gateway's :class:`AnswerFilter` chain (``app.state.answer_filters``, in order;
+empty by default, and then an answer goes through untouched at no cost). A filter sees the OpenAI
+answer before anything else does: what a session stores and what a seed route re-frames is the
+filtered answer, as the client receives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import orjson
+from starlette.responses import Response
+
+from chat_common.context import access_fields
+from chat_common.errors import APIError, error_response
+from chat_common.protocol import ChatCompletionRequest
+from gateway.proxy import EventStream, Proxy
+
+__all__ = ["CHAT_PATH", "AnswerFilter", "count_chat", "model_answer", "replace_body"]
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"  # the model services' chat route
+
+
+class AnswerFilter(Protocol):
+    """Something that changes a model's answer on its way to the client (e.g. splits out reasoning).
+
+    ``stream`` gets the relayed SSE pieces of one streamed answer with status 200 and yields what goes
+    on: each piece is one or more complete events (``data: {chunk}\\n\\n``), the last ending with
+    ``data: [DONE]\\n\\n``, and an error event may come before it. Per-answer state lives in the
+    generator. ``completion`` gets a whole (non-streamed) 200 answer, parsed, and returns the one to
+    send. Error answers are not filtered.
+    """
+
+    def stream(self, chat: ChatCompletionRequest, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]: ...
+
+    def completion(self, chat: ChatCompletionRequest, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+async def model_answer(
+    proxy: Proxy, chat: ChatCompletionRequest, body: bytes, filters: Sequence[AnswerFilter] = ()
+) -> Response | EventStream:
+    """The model's answer to ``body`` (a chat completion request for ``chat.model``) as an ASGI response,
+    filtered; a failure is an error response in OpenAI's envelope, never an exception."""
+    try:
+        response = await proxy.call_model(chat.model, CHAT_PATH, body, stream=chat.stream)
+    except APIError as exc:
+        return error_response(exc)
+    except Exception:
+        logger.exception("unhandled error on POST %s", CHAT_PATH)
+        return error_response(APIError(500, "Internal server error. The gateway log has the details."))
+    if not filters or response.status_code != 200:
+        return response
+    if isinstance(response, EventStream):
+        for answer_filter in filters:
+            response.pieces = answer_filter.stream(chat, response.pieces)
+        return response
+    payload = orjson.loads(response.body)
+    for answer_filter in filters:
+        payload = answer_filter.completion(chat, payload)
+    return replace_body(response, payload)
+
+
+def replace_body(response: Response, payload: dict[str, Any]) -> Response:
+    """``response`` with ``payload`` as its JSON body (status and passed-back headers kept)."""
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return Response(
+        orjson.dumps(payload), status_code=response.status_code, headers=headers, media_type="application/json"
+    )
+
+
+def count_chat(proxy: Proxy, model: str, status: int, gone: bool) -> None:
+    """Count one chat request in the metrics (status 499 when the client left) and the access line."""
+    if gone:
+        status = 499
+        access_fields()["client_gone"] = True
+    proxy.metrics.requests.labels(model, str(status)).inc()
