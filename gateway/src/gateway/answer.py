@@ -83,6 +83,4 @@ def count_chat(proxy: Proxy, model: str, status: int, gone: bool, started: float
     if gone:
         status = 499
         access_fields()["client_gone"] = True
-    label = proxy.model_label(model)
-    proxy.metrics.requests.labels(label, str(status)).inc()
-    proxy.metrics.latency.labels(label).observe(time.perf_counter() - started)
+    proxy.metrics.chat_request(proxy.model_label(model), status, time.perf_counter() - started)

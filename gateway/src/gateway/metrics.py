@@ -76,12 +76,30 @@ class GatewayMetrics:
         )
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.", registry=registry)
 
+        # Labelled children, looked up once per label set (``labels()`` costs a lock and several calls).
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (str(id(metric)), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def chat_request(self, model_label: str, status: int, duration_s: float) -> None:
+        """Count a chat request with its status and observe its duration."""
+        self._child(self.requests, model_label, str(status)).inc()
+        self._child(self.latency, model_label).observe(duration_s)
+
+    def first_token(self, model_label: str, seconds: float) -> None:
+        self._child(self.time_to_first_token, model_label).observe(seconds)
+
     def usage(self, model_label: str, usage: Any) -> None:
         """Count the tokens of an answer's ``usage`` object (ignored when it is not one)."""
         if not isinstance(usage, dict):
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt > 0:
-            self.prompt_tokens.labels(model_label).inc(prompt)
+            self._child(self.prompt_tokens, model_label).inc(prompt)
         if isinstance(completion, int) and completion > 0:
-            self.completion_tokens.labels(model_label).inc(completion)
+            self._child(self.completion_tokens, model_label).inc(completion)

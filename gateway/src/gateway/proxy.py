@@ -182,7 +182,7 @@ class Proxy:
                 complete, held = data[:end], data[end:]
                 if first_text and _TEXT_DELTA in complete:
                     first_text = False
-                    self.metrics.time_to_first_token.labels(model).observe(time.perf_counter() - started)
+                    self.metrics.first_token(model, time.perf_counter() - started)
                 if _USAGE in complete:
                     self._count_stream_usage(model, complete)
                 finished = complete.endswith(sse.DONE)
