@@ -15,6 +15,8 @@ routing, dependency solving) is worth about a third of the streaming throughput 
 
 from __future__ import annotations
 
+import time
+
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -56,6 +58,7 @@ class ChatRoutes:
             await self._chat(scope, receive, send)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         reframe: Reframe | None = None
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
@@ -63,7 +66,8 @@ class ChatRoutes:
                 data = json_object(body, "with 'model' and 'messages'")
                 chat = chat_request(data)
             else:
-                chat = finetunellm.chat_request(body, self.state.settings.finetune_model)
+                settings = self.state.settings
+                chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
@@ -91,14 +95,21 @@ class ChatRoutes:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body)
+            await self._relay_unchanged(scope, receive, send, chat, body, started)
         else:
             await Conversation(
-                self.state, chat, data, session=session, retrieval=retrieval, query=query, reframe=reframe
-            ).run(scope, receive, send)
+                self.state,
+                chat,
+                data,
+                session=session,
+                retrieval=retrieval,
+                query=query,
+                reframe=reframe,
+                store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
+            ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
-        self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest, body: bytes
+        self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest, body: bytes, started: float
     ) -> None:
         """Send the client's body upstream as it came and relay the (filtered) answer."""
         proxy: Proxy = self.state.proxy
@@ -107,4 +118,4 @@ class ChatRoutes:
             response = await model_answer(proxy, chat, body, self.state.answer_filters)
             await response(scope, receive, send)
             status = response.status_code
-        count_chat(proxy, chat.model, status, gone())
+        count_chat(proxy, chat.model, status, gone(), started)

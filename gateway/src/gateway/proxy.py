@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chat_common import sse
 from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import OTHER_MODEL, GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
 
 __all__ = ["EventStream", "Proxy"]
@@ -32,6 +34,9 @@ __all__ = ["EventStream", "Proxy"]
 logger = logging.getLogger(__name__)
 
 _PASSED_BACK = ("content-type", "retry-after")
+_TEXT_DELTA = b'"delta":{"content":'  # a chunk with text (the first chunk of a stream has a role first)
+_USAGE = b'"usage":{'
+
 # Nothing reached the replica: another replica may answer.
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 # Further replicas asked after a timeout or a 5xx answer (a refused connection or a 429 always moves on).
@@ -72,6 +77,10 @@ class Proxy:
             )
         return replicas
 
+    def model_label(self, model: str) -> str:
+        """``model`` as a metrics label: itself when the gateway routes it, else ``other`` (bounded series)."""
+        return model if self.registry.card(model) is not None else OTHER_MODEL
+
     async def call_model(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
         """POST ``body`` to ``path`` on a replica serving ``model``; its answer as an ASGI response to send on
         (an :class:`EventStream` when ``stream`` and the replica streams), or an :class:`APIError` 503/404.
@@ -83,6 +92,7 @@ class Proxy:
         outcome is reported to the replica's circuit breaker (5xx, timeouts, refused connections and streams
         cut short are failures)."""
         access_fields()["model"] = model
+        started = time.perf_counter()
         replicas = await self.route(model)
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
         failures: list[str] = []
@@ -144,11 +154,14 @@ class Proxy:
                     release()
                     continue
                 if stream:
-                    return await self._stream(replica, upstream, release)
+                    return await self._stream(replica, upstream, release, model, started)
                 try:
-                    return await _read_whole(upstream)
+                    response = await _read_whole(upstream)
                 finally:
                     release()
+                if response.status_code == 200:
+                    self._count_usage(model, bytes(response.body))
+                return response
             except BaseException:
                 upstream.close()
                 release()
@@ -174,7 +187,12 @@ class Proxy:
             return await self.session.post(url, data=body, headers=headers)
 
     async def _stream(
-        self, replica: Replica, upstream: aiohttp.ClientResponse, release: Callable[[], None]
+        self,
+        replica: Replica,
+        upstream: aiohttp.ClientResponse,
+        release: Callable[[], None],
+        model: str,
+        started: float,
     ) -> Response | EventStream:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             try:
@@ -191,11 +209,16 @@ class Proxy:
                 upstream.close()
             release()
 
-        return EventStream(self._relay(replica, upstream), on_close=close)
+        return EventStream(self._relay(replica, upstream, model, started), on_close=close)
 
-    async def _relay(self, replica: Replica, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, replica: Replica, upstream: aiohttp.ClientResponse, model: str, started: float
+    ) -> AsyncIterator[bytes]:
+        """The upstream's complete events as they arrive. Notes the time to the first text and the final
+        usage for the metrics by looking for them in the bytes (the events are not parsed)."""
         held = b""
         finished = False
+        first_text = True
         problem = "the stream ended without [DONE]"
         try:
             async for chunk in upstream.content.iter_any():
@@ -206,6 +229,11 @@ class Proxy:
                     continue
                 end += len(sse.EVENT_END)
                 complete, held = data[:end], data[end:]
+                if first_text and _TEXT_DELTA in complete:
+                    first_text = False
+                    self.metrics.time_to_first_token.labels(model).observe(time.perf_counter() - started)
+                if _USAGE in complete:
+                    self._count_stream_usage(model, complete)
                 finished = complete.endswith(sse.DONE)
                 yield complete
         except (TimeoutError, aiohttp.SocketTimeoutError):
@@ -225,6 +253,26 @@ class Proxy:
                 code="stream_interrupted",
             )
             yield sse.DONE
+
+    def _count_usage(self, model: str, body: bytes) -> None:
+        """Count the tokens of a whole JSON answer's ``usage``."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(payload, dict):
+            self.metrics.usage(model, payload.get("usage"))
+
+    def _count_stream_usage(self, model: str, events: bytes) -> None:
+        """Count the tokens of the (last) usage chunk among ``events``, complete SSE events."""
+        at = events.rfind(_USAGE)
+        if at < 0:
+            return
+        start = events.rfind(b"\ndata: ", 0, at) + 1  # 0 when the usage event is the first one
+        if not events.startswith(b"data: ", start):
+            return
+        end = events.find(b"\n", at)
+        self._count_usage(model, events[start + 6 : end])
 
 
 class EventStream:
