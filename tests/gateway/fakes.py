@@ -86,8 +86,9 @@ def model_replica(*, context_length: int = 8192, answer: str = "hello") -> Repli
 class Replica:
     """One fake service replica. ``url`` is fixed at creation; the server runs between start and stop."""
 
-    def __init__(self) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.url = f"http://{host}:{port or free_port()}"
         self.routes: dict[str, Handler] = {}
         self.seen: list[Seen] = []
         self._runner: web.AppRunner | None = None
@@ -105,7 +106,7 @@ class Replica:
         # handler_cancellation: a request's handler stops when its client leaves, as in the real services
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", int(self.url.rsplit(":", 1)[1])).start()
+        await web.TCPSite(self._runner, self.host, int(self.url.rsplit(":", 1)[1])).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -20,6 +20,7 @@ from gateway.answer import AnswerFilter
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings
+from gateway.discovery import make_resolver
 from gateway.history import HistoryClient
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
@@ -44,7 +45,15 @@ def create_app(settings: Settings) -> FastAPI:
         async with aiohttp.ClientSession(
             connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
         ) as client:
-            registry = Registry(settings.services, client, timeout_s=settings.connect_timeout_s)
+            resolver = make_resolver(settings.dns_nameservers)
+            registry = Registry(
+                settings.services,
+                client,
+                timeout_s=settings.connect_timeout_s,
+                resolver=resolver,
+                breaker_threshold=settings.breaker_threshold,
+                breaker_cooldown_s=settings.breaker_cooldown_s,
+            )
             app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
             app.state.retriever = (
                 RetrieverClient(settings.retriever_url, client, timeout_s=settings.retriever_timeout_s)
@@ -60,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
                 refresher.cancel()
                 with suppress(asyncio.CancelledError):
                     await refresher
+                await resolver.close()
 
     # /docs and /redoc load their scripts from the gateway itself (fastapi-offline ships them): no CDN.
     app = FastAPIOffline(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
 from chat_common.requests import chat_request, json_object
+from gateway.affinity import set_affinity
 from gateway.answer import count_chat, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
 from gateway.compat import alterego, finetunellm
@@ -69,6 +70,7 @@ class ChatRoutes:
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
+            set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:
                 raise APIError(
                     400,

@@ -57,6 +57,23 @@ class Settings(BaseSettings):
     refresh_interval_s: float = Field(
         10.0, gt=0, description="Seconds between two reads of every replica's /v1/models."
     )
+    dns_nameservers: list[str] = Field(
+        default_factory=list,
+        description='DNS servers ("ip" or "ip:port", JSON list) that resolve service host names into replicas; '
+        "empty: the system resolver (Docker's and Kubernetes' DNS). A name with several addresses (compose "
+        "--scale, a headless Service) is one replica per address, re-resolved on every refresh.",
+    )
+    breaker_threshold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failures (timeouts, 5xx answers, refused connections, streams cut short) after "
+        "which a replica is taken out of routing for GATEWAY_BREAKER_COOLDOWN_S.",
+    )
+    breaker_cooldown_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a failing replica stays out; then one request probes it (success puts it back).",
+    )
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a service, in seconds.")
     read_timeout_s: float = Field(
         300.0,

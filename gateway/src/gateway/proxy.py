@@ -14,6 +14,7 @@ per-chunk cost low enough for the gateway to relay several thousand streams a se
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -38,6 +39,8 @@ _USAGE = b'"usage":{'
 
 # Nothing reached the replica: another replica may answer.
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Further replicas asked after a timeout or a 5xx answer (a refused connection or a 429 always moves on).
+_RETRIES = 1
 
 
 class Proxy:
@@ -54,6 +57,15 @@ class Proxy:
         if not replicas:
             await self.registry.refresh_if_stale()
             replicas = self.registry.candidates(model)
+        if not replicas and (cooling := self.registry.open_circuits(model)):
+            wait = max(1, math.ceil(min(r.breaker.retry_in_s() for r in cooling)))
+            raise APIError(
+                503,
+                f"Every replica serving '{model}' failed repeatedly and is out for a cool-down "
+                f"(GATEWAY_BREAKER_COOLDOWN_S); retry in {wait}s.",
+                code="upstream_unavailable",
+                headers={"Retry-After": str(wait)},
+            )
         if not replicas:
             known = self.registry.model_ids
             listing = ", ".join(known) if known else "none (no model service is reachable)"
@@ -70,36 +82,41 @@ class Proxy:
         return model if self.registry.card(model) is not None else OTHER_MODEL
 
     async def call_model(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
-        """POST ``body`` to ``path`` on a replica serving ``model`` (the next replica when one cannot be
-        reached); its answer as an ASGI response to send on (an :class:`EventStream` when ``stream`` and
-        the replica streams), or an :class:`APIError` 503/404. A cancellation (the client left) drops the
-        upstream request."""
+        """POST ``body`` to ``path`` on a replica serving ``model``; its answer as an ASGI response to send on
+        (an :class:`EventStream` when ``stream`` and the replica streams), or an :class:`APIError` 503/404.
+        A cancellation (the client left) drops the upstream request.
+
+        Replicas are tried in :meth:`Registry.candidates` order: the next one when a connection is refused
+        (any number of times), when a replica answers 429 (saturated), and once when one times out or answers
+        5xx before its answer started (``_RETRIES``); the last replica's answer is passed on as it is. Each
+        outcome is reported to the replica's circuit breaker (5xx, timeouts, refused connections and streams
+        cut short are failures)."""
         access_fields()["model"] = model
         started = time.perf_counter()
         replicas = await self.route(model)
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
         failures: list[str] = []
-        for replica in replicas:
+        retries = _RETRIES
+        for index, replica in enumerate(replicas):
+            last = index + 1 == len(replicas)
             release = _claim(replica)
             try:
                 upstream = await self._post(replica.url + path, body, headers)
-                if stream:
-                    return await self._stream(replica, upstream, release, model, started)
-                try:
-                    response = await _read_whole(upstream)
-                finally:
-                    release()
-                if response.status_code == 200:
-                    self._count_usage(model, bytes(response.body))
-                return response
             except _UNREACHABLE as exc:
                 release()
                 failures.append(f"{replica.url}: {describe_error(exc)}")
                 self.metrics.upstream_failures.labels(replica.service, "connect").inc()
+                replica.breaker.failure()
                 self.registry.mark_unreachable(replica, describe_error(exc))
+                continue
             except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
+                replica.breaker.failure()
+                if not last and retries:
+                    retries -= 1
+                    failures.append(f"{replica.url}: no answer within {self.read_timeout_s:g}s")
+                    continue
                 raise APIError(
                     503,
                     f"The service '{replica.service}' ({replica.url}) did not answer within "
@@ -109,12 +126,44 @@ class Proxy:
             except aiohttp.ClientError as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
+                replica.breaker.failure()
+                if not last and retries:
+                    retries -= 1
+                    failures.append(f"{replica.url}: {describe_error(exc)}")
+                    continue
                 raise APIError(
                     503,
                     f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
                     code="upstream_error",
                 ) from exc
             except BaseException:
+                release()
+                raise
+            try:
+                if upstream.status >= 500:
+                    self.metrics.upstream_failures.labels(replica.service, "status_5xx").inc()
+                    replica.breaker.failure()
+                else:
+                    replica.breaker.success()  # a 429 too: the replica is alive, only busy
+                if not last and (upstream.status == 429 or (upstream.status >= 500 and retries)):
+                    if upstream.status >= 500:
+                        retries -= 1
+                    failures.append(f"{replica.url}: HTTP {upstream.status}")
+                    await upstream.read()  # the connection goes back to the pool
+                    upstream.release()
+                    release()
+                    continue
+                if stream:
+                    return await self._stream(replica, upstream, release, model, started)
+                try:
+                    response = await _read_whole(upstream)
+                finally:
+                    release()
+                if response.status_code == 200:
+                    self._count_usage(model, bytes(response.body))
+                return response
+            except BaseException:
+                upstream.close()
                 release()
                 raise
         service = replicas[0].service
@@ -193,6 +242,7 @@ class Proxy:
             problem = describe_error(exc)
         if not finished:
             self.metrics.upstream_failures.labels(replica.service, "stream_cut").inc()
+            replica.breaker.failure()
             logger.warning(
                 "upstream stream cut short",
                 extra={"upstream_service": replica.service, "url": replica.url, "error": problem},
@@ -257,6 +307,7 @@ class EventStream:
 def _claim(replica: Replica) -> Callable[[], None]:
     """Count a request against the replica; the returned callable gives it back, once."""
     replica.in_flight += 1
+    replica.breaker.begin()
     released = False
 
     def release() -> None:

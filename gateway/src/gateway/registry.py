@@ -2,8 +2,11 @@
 
 Replicas are read on start, every ``refresh_interval_s``, and at once (at most once a second) when a
 request names a model nobody is known to serve, so a new model is routable without editing the gateway.
-A model is routed to the least busy reachable replica that lists it; a replica that refuses a connection
-is skipped until the next read.
+Each read first resolves every configured URL (:mod:`gateway.discovery`): a name with several addresses
+is one replica per address, and replicas whose address is gone are dropped. A model is routed to the
+least busy reachable replica that lists it (the session's own replica first, :mod:`gateway.affinity`);
+a replica that refuses a connection is skipped until the next read, and one whose circuit breaker is
+open (:mod:`gateway.breaker`) until its cool-down ends.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from chat_common.middleware import DISCOVERY_USER_AGENT
+from gateway import affinity
+from gateway.breaker import CircuitBreaker
+from gateway.discovery import expand
 
 __all__ = ["Registry", "Replica", "describe_error"]
 
@@ -32,13 +39,25 @@ class Replica:
     error: str | None = "not read yet"
     in_flight: int = 0
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(3, 10.0))
+    source: str = ""  # the configured URL this replica was found from (its own URL when not expanded)
 
 
 class Registry:
     def __init__(
-        self, services: dict[str, list[str]], session: aiohttp.ClientSession, *, timeout_s: float = 2.0
+        self,
+        services: dict[str, list[str]],
+        session: aiohttp.ClientSession,
+        *,
+        timeout_s: float = 2.0,
+        resolver: AbstractResolver | None = None,
+        breaker_threshold: int = 3,
+        breaker_cooldown_s: float = 10.0,
     ) -> None:
-        self.replicas = [Replica(name, url) for name, urls in services.items() for url in urls]
+        self._sources = [(name, url) for name, urls in services.items() for url in urls]
+        self._resolver = resolver
+        self._breaker = (breaker_threshold, breaker_cooldown_s)
+        self.replicas = [self._new(name, url, url) for name, url in self._sources]
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._routes: dict[str, list[Replica]] = {}
@@ -48,8 +67,13 @@ class Registry:
         self._last_refresh = 0.0
 
     # -- reading the services ----------------------------------------------------------------------
+    def _new(self, service: str, url: str, source: str) -> Replica:
+        return Replica(service, url, breaker=CircuitBreaker(*self._breaker), source=source)
+
     async def refresh(self) -> None:
         async with self._refresh_lock:
+            if self._resolver is not None:
+                await self._discover(self._resolver)
             await asyncio.gather(*(self._read(replica) for replica in self.replicas))
             self._rebuild()
             self._last_refresh = time.monotonic()
@@ -58,7 +82,31 @@ class Registry:
         if time.monotonic() - self._last_refresh >= min_age_s:
             await self.refresh()
 
+    async def _discover(self, resolver: AbstractResolver) -> None:
+        """Resolve every configured URL; keep the Replica objects (counts, breakers) of addresses still there."""
+        known = {(r.service, r.url): r for r in self.replicas}
+        found = await asyncio.gather(*(expand(url, resolver) for _, url in self._sources), return_exceptions=True)
+        replicas: list[Replica] = []
+        for (service, source), urls in zip(self._sources, found, strict=True):
+            if isinstance(urls, BaseException):
+                # The name does not resolve (no container yet, DNS down): one unreachable replica says why.
+                error = f"cannot resolve {source}: {describe_error(urls)}"
+                kept = [r for r in self.replicas if r.source == source]
+                if not kept:
+                    kept = [self._new(service, source, source)]
+                for replica in kept:
+                    if replica.reachable or replica.error != error:
+                        logger.warning("service name does not resolve", extra={"url": source, "error": error})
+                    replica.reachable, replica.error = False, error
+                replicas.extend(kept)
+                continue
+            for url in urls:
+                replicas.append(known.get((service, url)) or self._new(service, url, source))
+        self.replicas = replicas
+
     async def _read(self, replica: Replica) -> None:
+        if replica.error is not None and replica.error.startswith("cannot resolve"):
+            return
         try:
             async with self._session.get(
                 f"{replica.url}/v1/models", timeout=self._timeout, headers={"User-Agent": DISCOVERY_USER_AGENT}
@@ -105,15 +153,24 @@ class Registry:
 
     # -- routing -----------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[Replica]:
-        """Replicas serving ``model``, least busy first (ties rotate); empty when the model is unknown."""
-        replicas = self._routes.get(model)
-        if not replicas:
+        """Replicas serving ``model`` that may take a request now (breaker closed, or half-open with no probe
+        under way), least busy first (ties rotate), the current session's replica first when there is one
+        (:func:`gateway.affinity.set_affinity`); empty when the model is unknown or nothing may take it."""
+        routed = self._routes.get(model)
+        if not routed:
             return []
-        if len(replicas) == 1:
-            return list(replicas)
-        turn = next(self._tiebreak)
-        n = len(replicas)
-        return sorted(replicas, key=lambda r: (r.in_flight, (replicas.index(r) - turn) % n))
+        replicas = [r for r in routed if r.breaker.available()]
+        if len(replicas) > 1:
+            turn = next(self._tiebreak)
+            n = len(replicas)
+            position = {id(r): i for i, r in enumerate(replicas)}
+            replicas.sort(key=lambda r: (r.in_flight, (position[id(r)] - turn) % n))
+        key = affinity.affinity_key()
+        return affinity.order(key, replicas, lambda r: r.url) if key else replicas
+
+    def open_circuits(self, model: str) -> list[Replica]:
+        """Replicas serving ``model`` that are out for a cool-down (their breaker is open)."""
+        return [r for r in self._routes.get(model, []) if not r.breaker.available()]
 
     def mark_unreachable(self, replica: Replica, error: str) -> None:
         """A connection failed: route around this replica until the next read says otherwise."""
@@ -133,6 +190,10 @@ class Registry:
 
     def unreachable(self) -> list[Replica]:
         return [r for r in self.replicas if not r.reachable]
+
+    def tripped(self) -> list[Replica]:
+        """Reachable replicas taken out by their circuit breaker."""
+        return [r for r in self.replicas if r.reachable and r.breaker.state != "closed"]
 
 
 def describe_error(exc: BaseException) -> str:
