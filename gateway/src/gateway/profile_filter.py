@@ -1,0 +1,222 @@
+"""The answer filter of a profile's request (:class:`gateway.answer.AnswerFilter`): reasoning split out
+of the answer, banned phrases replaced with the fallback message, and the answer's ``model`` renamed to
+what the client asked for (a profile id, or a seed route's model name).
+
+Non-stream: ``message.reasoning_content`` and ``message.content``. Stream: ``delta.reasoning_content``
+chunks, then ``delta.content`` chunks (:mod:`gateway.reasoning`). A guarded answer (:mod:`gateway.guardrails`)
+that turns out to contain a banned phrase, in its reasoning or its content, gets the fallback message as
+its content and ``finish_reason: "content_filter"``; a stream then ends at once (what was already sent
+stays sent, and it never contains the phrase). Every decision on a guarded answer is counted in
+``gateway_guardrail_decisions`` and logged with the profile and the phrase, never the prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from chat_common import sse
+from chat_common.protocol import ChatCompletionRequest
+from gateway.guardrails import Guardrail, StreamGuard
+from gateway.metrics import GatewayMetrics
+from gateway.profiles import Profile
+from gateway.reasoning import ReasoningSplitter, split_reasoning
+
+__all__ = ["ProfileFilter"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProfileFilter:
+    """Filter for one request of ``profile`` (None: only the rename), answering as ``answer_model``."""
+
+    def __init__(self, profile: Profile | None, answer_model: str | None, metrics: GatewayMetrics | None) -> None:
+        self.profile = profile
+        self.answer_model = answer_model
+        self.metrics = metrics
+        self.guardrail: Guardrail | None = profile.guardrail() if profile is not None else None
+        self.tags = profile.reasoning if profile is not None else None
+
+    # -- decisions ---------------------------------------------------------------------------------
+    def _decide(self, phrase: str | None) -> None:
+        if self.guardrail is None or self.profile is None:
+            return
+        decision = "blocked" if phrase else "passed"
+        if self.metrics is not None:
+            self.metrics.guardrail_decisions.labels(self.profile.id, decision).inc()
+        logger.info("guardrail decision", extra={"profile": self.profile.id, "decision": decision, "phrase": phrase})
+
+    # -- whole answers -----------------------------------------------------------------------------
+    def completion(self, chat: ChatCompletionRequest, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.answer_model:
+            payload["model"] = self.answer_model
+        for choice in payload.get("choices") or []:
+            message = choice.get("message") or {}
+            content = message.get("content") or ""
+            reasoning = message.get("reasoning_content")
+            if self.tags is not None:
+                split, content = split_reasoning(content, self.tags.open, self.tags.close)
+                if split is not None:
+                    reasoning = (reasoning or "") + split
+                message["content"] = content
+                if reasoning is not None:
+                    message["reasoning_content"] = reasoning
+            if self.guardrail is not None:
+                phrase = self.guardrail.find(content) or self.guardrail.find(reasoning or "")
+                self._decide(phrase)
+                if phrase:
+                    message["content"] = self.guardrail.fallback
+                    message.pop("reasoning_content", None)
+                    choice["finish_reason"] = "content_filter"
+        return payload
+
+    # -- streams -----------------------------------------------------------------------------------
+    def stream(self, chat: ChatCompletionRequest, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        if self.tags is None and self.guardrail is None:
+            return self._renamed(pieces)
+        return _FilteredStream(self).run(pieces)
+
+    async def _renamed(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        if not self.answer_model:
+            async for piece in pieces:
+                yield piece
+            return
+        async for piece in pieces:
+            out: list[bytes] = []
+            for payload in _events(piece):
+                if payload is None:
+                    out.append(sse.DONE)
+                    continue
+                if "choices" in payload:
+                    payload["model"] = self.answer_model
+                out.append(sse.event(payload))
+            yield b"".join(out)
+
+
+def _events(piece: bytes) -> list[dict[str, Any] | None]:
+    """The events of one relayed piece (None for ``[DONE]``)."""
+    out: list[dict[str, Any] | None] = []
+    for raw in piece.split(sse.EVENT_END):
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        out.append(None if data == b"[DONE]" else orjson.loads(data))
+    return out
+
+
+class _FilteredStream:
+    """Per-answer state of a filtered stream."""
+
+    def __init__(self, owner: ProfileFilter) -> None:
+        self.owner = owner
+        tags = owner.tags
+        self.splitter = ReasoningSplitter(tags.open, tags.close) if tags is not None else None
+        self.guards: dict[str, StreamGuard] | None = (
+            {"reasoning_content": owner.guardrail.stream(), "content": owner.guardrail.stream()}
+            if owner.guardrail is not None
+            else None
+        )
+        self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
+        self.flushed = False
+        self.blocked: str | None = None
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        chunk = {**self.template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        return sse.event(chunk)
+
+    def _deltas(self, reasoning: str, content: str) -> list[bytes]:
+        """Chunks for new reasoning and content text, through the guards; empty once blocked."""
+        out: list[bytes] = []
+        for field, text in (("reasoning_content", reasoning), ("content", content)):
+            if not text:
+                continue
+            if self.guards is not None:
+                text = self.guards[field].feed(text)
+                if self.guards[field].blocked:
+                    self.blocked = self.guards[field].blocked
+                    return out
+            if text:
+                out.append(self._chunk({field: text}))
+        return out
+
+    def _flush(self) -> list[bytes]:
+        """Everything still held back (answer end)."""
+        if self.flushed:
+            return []
+        self.flushed = True
+        reasoning, content = self.splitter.finish() if self.splitter is not None else ("", "")
+        out = self._deltas(reasoning, content)
+        if self.guards is not None and self.blocked is None:
+            for field in ("reasoning_content", "content"):
+                rest = self.guards[field].finish()
+                if self.guards[field].blocked:
+                    self.blocked = self.guards[field].blocked
+                    break
+                if rest:
+                    out.append(self._chunk({field: rest}))
+        if self.blocked is None:
+            self.owner._decide(None)
+        return out
+
+    def _fallback(self) -> list[bytes]:
+        self.owner._decide(self.blocked)
+        assert self.owner.guardrail is not None
+        return [
+            self._chunk({"content": self.owner.guardrail.fallback}),
+            self._chunk({}, "content_filter"),
+            sse.DONE,
+        ]
+
+    async def run(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        model = self.owner.answer_model
+        try:
+            async for piece in pieces:
+                out: list[bytes] = []
+                for payload in _events(piece):
+                    if payload is None:
+                        out.extend(self._flush())
+                        if self.blocked:
+                            out.extend(self._fallback())
+                            yield b"".join(out)
+                            return
+                        out.append(sse.DONE)
+                        continue
+                    if model and "model" in payload:
+                        payload["model"] = model
+                    choices = payload.get("choices")
+                    if not choices:  # usage chunk, error event, sources
+                        if self.blocked is None:
+                            out.append(sse.event(payload))
+                        continue
+                    self.template = {k: v for k, v in payload.items() if k not in ("choices", "usage")}
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    text = delta.pop("content", None) or ""
+                    reasoning = delta.pop("reasoning_content", None) or ""
+                    if self.splitter is not None and text:
+                        more_reasoning, text = self.splitter.feed(text)
+                        reasoning += more_reasoning
+                    out.extend(self._deltas(reasoning, text))
+                    if self.blocked:
+                        out.extend(self._fallback())
+                        yield b"".join(out)
+                        return
+                    finish = choice.get("finish_reason")
+                    if finish is not None:
+                        out.extend(self._flush())
+                        if self.blocked:
+                            out.extend(self._fallback())
+                            yield b"".join(out)
+                            return
+                    if delta or finish is not None:  # role, tool calls, the finish reason: passed on as they are
+                        out.append(sse.event(payload))
+                if out:
+                    yield b"".join(out)
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()
