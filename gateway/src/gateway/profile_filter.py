@@ -122,25 +122,35 @@ class _FilteredStream:
         )
         self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
         self.flushed = False
+        self.reasoning_done = False
         self.blocked: str | None = None
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         chunk = {**self.template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
         return sse.event(chunk)
 
+    def _guarded(self, field: str, text: str, *, last: bool = False) -> list[bytes]:
+        """The chunk of ``text`` the guard releases (``last``: everything it still holds); none once blocked."""
+        if self.blocked is not None:
+            return []
+        if self.guards is not None:
+            guard = self.guards[field]
+            released = guard.feed(text) + (guard.finish() if last else "")
+            if guard.blocked:
+                self.blocked = guard.blocked
+                return []
+            text = released
+        return [self._chunk({field: text})] if text else []
+
     def _deltas(self, reasoning: str, content: str) -> list[bytes]:
-        """Chunks for new reasoning and content text, through the guards; empty once blocked."""
-        out: list[bytes] = []
-        for field, text in (("reasoning_content", reasoning), ("content", content)):
-            if not text:
-                continue
-            if self.guards is not None:
-                text = self.guards[field].feed(text)
-                if self.guards[field].blocked:
-                    self.blocked = self.guards[field].blocked
-                    return out
-            if text:
-                out.append(self._chunk({field: text}))
+        """Chunks for new reasoning and content text, through the guards. The reasoning guard releases all it
+        holds when the content starts, so every reasoning chunk comes before the first content chunk."""
+        out = self._guarded("reasoning_content", reasoning) if reasoning else []
+        if content:
+            if not self.reasoning_done:
+                self.reasoning_done = True
+                out += self._guarded("reasoning_content", "", last=True)
+            out += self._guarded("content", content)
         return out
 
     def _flush(self) -> list[bytes]:
@@ -150,14 +160,10 @@ class _FilteredStream:
         self.flushed = True
         reasoning, content = self.splitter.finish() if self.splitter is not None else ("", "")
         out = self._deltas(reasoning, content)
-        if self.guards is not None and self.blocked is None:
-            for field in ("reasoning_content", "content"):
-                rest = self.guards[field].finish()
-                if self.guards[field].blocked:
-                    self.blocked = self.guards[field].blocked
-                    break
-                if rest:
-                    out.append(self._chunk({field: rest}))
+        if not self.reasoning_done:
+            self.reasoning_done = True
+            out += self._guarded("reasoning_content", "", last=True)
+        out += self._guarded("content", "", last=True)
         if self.blocked is None:
             self.owner._decide(None)
         return out

@@ -80,8 +80,9 @@ class Profile(BaseModel):
             if key == "max_tokens" and ("max_tokens" in out or "max_completion_tokens" in out):
                 continue
             out.setdefault(key, value)
-        if self.system_message:
-            out["messages"] = [{"role": "system", "content": self.system_message}, *data.get("messages", [])]
+        messages = data.get("messages")
+        if self.system_message and isinstance(messages, list) and messages:  # bad 'messages' stays bad (400)
+            out["messages"] = [{"role": "system", "content": self.system_message}, *messages]
         return out
 
     def card(self) -> dict[str, Any]:
