@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gateway.reasoning import ReasoningSplitter, split_reasoning
@@ -13,7 +15,7 @@ def _streamed(text: str, cuts: list[int], open_tag: str = "<think>", close_tag: 
     splitter = ReasoningSplitter(open_tag, close_tag)
     reasoning, content = [], []
     bounds = [0, *cuts, len(text)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         r, c = splitter.feed(text[a:b])
         reasoning.append(r)
         content.append(c)
