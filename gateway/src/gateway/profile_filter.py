@@ -121,11 +121,16 @@ class _FilteredStream:
             else None
         )
         self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
+        self.frame: tuple[bytes, bytes] | None = None  # a content chunk's bytes around its delta
         self.flushed = False
         self.reasoning_done = False
         self.blocked: str | None = None
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        if self.frame is not None and finish_reason is None and len(delta) == 1:
+            ((field, text),) = delta.items()
+            prefix, suffix = self.frame
+            return prefix + b'"' + field.encode() + b'":' + orjson.dumps(text) + suffix + sse.EVENT_END
         chunk = {**self.template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
         return sse.event(chunk)
 
@@ -177,52 +182,116 @@ class _FilteredStream:
             sse.DONE,
         ]
 
+    def _text(self, text: str, reasoning: str = "") -> list[bytes]:
+        """Chunks for answer text (and reasoning the upstream already split off) as it arrives."""
+        if self.splitter is not None and text:
+            more_reasoning, text = self.splitter.feed(text)
+            reasoning += more_reasoning
+        return self._deltas(reasoning, text)
+
+    def _learn(self, prefix: bytes, suffix: bytes) -> None:
+        """Keep a content chunk's bytes around its delta as the template of the chunks sent."""
+        model = self.owner.answer_model
+        if model:
+            payload = orjson.loads(prefix[6:] + suffix)
+            old = b'"model":' + orjson.dumps(payload.get("model"))
+            prefix = prefix.replace(old, b'"model":' + orjson.dumps(model), 1)
+        self.frame = (prefix, suffix)
+
     async def run(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The filtered stream. The content chunks of one relayed piece (they arrived together) are
+        filtered as one text and sent as one chunk of each kind; a content chunk is read without parsing
+        the whole event (:func:`_content_only`), so the filter costs little over the plain relay."""
         model = self.owner.answer_model
         try:
             async for piece in pieces:
                 out: list[bytes] = []
-                for payload in _events(piece):
+                text: list[str] = []
+                for raw in piece.split(sse.EVENT_END):
+                    if not raw.strip():
+                        continue
+                    fast = _content_only(raw)
+                    if fast is not None:
+                        if self.frame is None:
+                            self._learn(fast[0], fast[2])
+                        text.append(fast[1])
+                        continue
+                    if text:
+                        out.extend(self._text("".join(text)))
+                        text = []
+                        if self.blocked:
+                            break
+                    payload = _event(raw)
                     if payload is None:
                         out.extend(self._flush())
                         if self.blocked:
-                            out.extend(self._fallback())
-                            yield b"".join(out)
-                            return
+                            break
                         out.append(sse.DONE)
                         continue
                     if model and "model" in payload:
                         payload["model"] = model
                     choices = payload.get("choices")
                     if not choices:  # usage chunk, error event, sources
-                        if self.blocked is None:
-                            out.append(sse.event(payload))
+                        out.append(sse.event(payload))
                         continue
                     self.template = {k: v for k, v in payload.items() if k not in ("choices", "usage")}
                     choice = choices[0]
                     delta = choice.get("delta") or {}
-                    text = delta.pop("content", None) or ""
+                    content = delta.pop("content", None) or ""
                     reasoning = delta.pop("reasoning_content", None) or ""
-                    if self.splitter is not None and text:
-                        more_reasoning, text = self.splitter.feed(text)
-                        reasoning += more_reasoning
-                    out.extend(self._deltas(reasoning, text))
+                    out.extend(self._text(content, reasoning))
                     if self.blocked:
-                        out.extend(self._fallback())
-                        yield b"".join(out)
-                        return
+                        break
                     finish = choice.get("finish_reason")
                     if finish is not None:
                         out.extend(self._flush())
                         if self.blocked:
-                            out.extend(self._fallback())
-                            yield b"".join(out)
-                            return
+                            break
                     if delta or finish is not None:  # role, tool calls, the finish reason: passed on as they are
                         out.append(sse.event(payload))
+                if text and not self.blocked:
+                    out.extend(self._text("".join(text)))
+                if self.blocked:
+                    out.extend(self._fallback())
+                    yield b"".join(out)
+                    return
                 if out:
                     yield b"".join(out)
         finally:
             close = getattr(pieces, "aclose", None)
             if close is not None:
                 await close()
+
+
+_CONTENT_DELTA = b'"delta":{"content":"'
+
+
+def _content_only(raw: bytes) -> tuple[bytes, str, bytes] | None:
+    """``(prefix, text, suffix)`` of a chunk event whose delta is only ``content`` and which does not
+    finish the answer (``prefix`` ends with ``"delta":{``, ``suffix`` starts with its ``}``); None for
+    any other event, which is then parsed in full."""
+    at = raw.find(_CONTENT_DELTA)
+    if at < 0 or not raw.startswith(b"data: {"):
+        return None
+    start = at + len(_CONTENT_DELTA) - 1  # the string's opening quote
+    end = start + 1
+    while True:
+        end = raw.find(b'"', end)
+        if end < 0:
+            return None
+        slashes = 0
+        while raw[end - 1 - slashes] == 0x5C:  # a quote after an odd number of backslashes is escaped
+            slashes += 1
+        if slashes % 2 == 0:
+            break
+        end += 1
+    if raw[end + 1] != 0x7D or raw.find(b'"finish_reason":null', end) < 0:  # 0x7D: the delta's "}"
+        return None
+    text = orjson.loads(raw[start : end + 1])
+    return raw[: at + len(b'"delta":{')], text, raw[end + 1 :].rstrip()
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    line = raw.strip()
+    data = line[5:].strip() if line.startswith(b"data:") else line
+    return None if data == b"[DONE]" else dict(orjson.loads(data))
