@@ -66,6 +66,23 @@ def sse(events: list[bytes], end: str = "done") -> Reply:
     return Reply(events=events, end=end)
 
 
+def chunk(content: str | None = None, finish: str | None = None) -> bytes:
+    """One SSE chat-completion chunk event: a piece of text, or the end with its finish reason."""
+    delta = {"content": content} if content is not None else {}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk", "choices": [choice]}) + b"\n\n"
+
+
+def model_replica(*, context_length: int = 8192, answer: str = "hello") -> Replica:
+    """A replica serving model 'm1' with ``context_length`` in its card, answering ``answer`` (not streamed)."""
+    card = {"id": "m1", "object": "model", "created": 0, "owned_by": "inference-gguf", "context_length": context_length}
+    return (
+        Replica()
+        .on("/v1/models", lambda r: Reply(payload={"object": "list", "data": [card]}))
+        .on("/v1/chat/completions", lambda r: completion(answer))
+    )
+
+
 class Replica:
     """One fake service replica. ``url`` is fixed at creation; the server runs between start and stop."""
 
@@ -148,6 +165,11 @@ async def gateway(services: dict[str, list[str]], **settings: object) -> AsyncIt
 
 def chat(model: str = "m1", **extra: object) -> bytes:
     return orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def ask(question: str, **extra: object) -> bytes:
+    """A chat request body for 'm1' with one user message."""
+    return orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": question}], **extra})
 
 
 def dead_url() -> str:

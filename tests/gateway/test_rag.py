@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.gateway.fakes import Replica, Reply, completion, dead_url, gateway, running, sse
+from tests.gateway.fakes import Replica, ask, dead_url, gateway, model_replica, running, sse
 from tests.services import ROOT, Service, free_port, start_service
 
 ARTICLES = ["kb-0001", "kb-0002", "kb-0003", "kb-0007", "kb-0008", "kb-0020", "kb-0026", "kb-0063"]
@@ -35,42 +35,19 @@ def retriever(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     service.stop()
 
 
-def _model(context_length: int = 8192, answer: str = "Use the portal [1].") -> Replica:
-    card = {
-        "object": "list",
-        "data": [
-            {
-                "id": "m1",
-                "object": "model",
-                "created": 0,
-                "owned_by": "inference-gguf",
-                "context_length": context_length,
-            }
-        ],
-    }
-    return (
-        Replica()
-        .on("/v1/models", lambda r: Reply(payload=card))
-        .on("/v1/chat/completions", lambda r: completion(answer))
-    )
-
-
 def _sent(replica: Replica, i: int = 0) -> dict[str, Any]:
     return orjson.loads(replica.chat_requests()[i].body)  # type: ignore[no-any-return]
 
 
-def _ask(question: str, **extra: object) -> bytes:
-    return orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": question}], **extra})
-
-
+CITED = "Use the portal [1]."
 PASSWORD = "I forgot my password, how do I reset it on my own?"
 
 
 async def test_retrieval_puts_numbered_passages_in_the_prompt_and_returns_sources(retriever: Service) -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
         response = await client.post(
-            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 3})
+            "/v1/chat/completions", content=ask(PASSWORD, retrieval={"collection": "kb", "top_k": 3})
         )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -96,11 +73,11 @@ async def test_a_streamed_answer_ends_with_a_sources_event_before_done(retriever
         b'"delta":{},"finish_reason":"stop"}]}\n\n',
         b"data: [DONE]\n\n",
     ]
-    replica = _model().on("/v1/chat/completions", lambda r: sse(events))
+    replica = model_replica(answer=CITED).on("/v1/chat/completions", lambda r: sse(events))
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
         response = await client.post(
             "/v1/chat/completions",
-            content=_ask("The VPN client shows an error and won't connect", stream=True, retrieval="kb"),
+            content=ask("The VPN client shows an error and won't connect", stream=True, retrieval="kb"),
         )
     assert response.status_code == 200
     payloads = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
@@ -113,10 +90,10 @@ async def test_a_streamed_answer_ends_with_a_sources_event_before_done(retriever
 
 
 async def test_passages_are_limited_to_the_models_context(retriever: Service) -> None:
-    replica = _model(context_length=700)
+    replica = model_replica(context_length=700, answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
         response = await client.post(
-            "/v1/chat/completions", content=_ask(PASSWORD, max_tokens=100, retrieval={"collection": "kb", "top_k": 8})
+            "/v1/chat/completions", content=ask(PASSWORD, max_tokens=100, retrieval={"collection": "kb", "top_k": 8})
         )
     assert response.status_code == 200
     sources = response.json()["sources"]
@@ -127,14 +104,14 @@ async def test_passages_are_limited_to_the_models_context(retriever: Service) ->
 
 
 async def test_a_filter_and_a_threshold_reach_the_retriever(retriever: Service) -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
         response = await client.post(
             "/v1/chat/completions",
-            content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 2, "filter": {"category": "printers"}}),
+            content=ask(PASSWORD, retrieval={"collection": "kb", "top_k": 2, "filter": {"category": "printers"}}),
         )
         strict = await client.post(
-            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "score_threshold": 0.99})
+            "/v1/chat/completions", content=ask(PASSWORD, retrieval={"collection": "kb", "score_threshold": 0.99})
         )
     assert response.status_code == 200
     assert {s["doc_id"] for s in response.json()["sources"]} == {"kb-0020"}  # the one printers article
@@ -143,11 +120,11 @@ async def test_a_filter_and_a_threshold_reach_the_retriever(retriever: Service) 
 
 
 async def test_an_unknown_collection_is_404_and_no_model_is_asked(retriever: Service) -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=retriever.url) as client:
-        response = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval="nope"))
+        response = await client.post("/v1/chat/completions", content=ask(PASSWORD, retrieval="nope"))
         bad = await client.post(
-            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "top_k": 50})
+            "/v1/chat/completions", content=ask(PASSWORD, retrieval={"collection": "kb", "top_k": 50})
         )
     assert response.status_code == 404
     assert "nope" in response.json()["error"]["message"] and "kb" in response.json()["error"]["message"]
@@ -156,11 +133,11 @@ async def test_an_unknown_collection_is_404_and_no_model_is_asked(retriever: Ser
 
 
 async def test_retriever_down_is_503_unless_the_request_accepts_an_answer_without_passages() -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url=dead_url()) as client:
-        failed = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval="kb"))
+        failed = await client.post("/v1/chat/completions", content=ask(PASSWORD, retrieval="kb"))
         degraded = await client.post(
-            "/v1/chat/completions", content=_ask(PASSWORD, retrieval={"collection": "kb", "on_error": "answer"})
+            "/v1/chat/completions", content=ask(PASSWORD, retrieval={"collection": "kb", "on_error": "answer"})
         )
         metrics = (await client.get("/metrics")).text
     assert failed.status_code == 503
@@ -174,9 +151,9 @@ async def test_retriever_down_is_503_unless_the_request_accepts_an_answer_withou
 
 
 async def test_retrieval_off_refuses_the_field() -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, retriever_url="") as client:
-        response = await client.post("/v1/chat/completions", content=_ask(PASSWORD, retrieval="kb"))
+        response = await client.post("/v1/chat/completions", content=ask(PASSWORD, retrieval="kb"))
     assert response.status_code == 400 and response.json()["error"]["code"] == "retrieval_disabled"
 
 
@@ -192,7 +169,7 @@ def _support(retriever_url: str, replica: Replica, **settings: object):
 
 
 async def test_the_support_route_answers_with_its_search_results(retriever: Service) -> None:
-    replica = _model(answer="Open the Self-Service Portal and choose Reset.")
+    replica = model_replica(answer="Open the Self-Service Portal and choose Reset.")
     async with running(replica), _support(retriever.url, replica) as client:
         response = await client.post(
             "/api/v1/chat/", json={"query": "How do I reset my password?", "top_k": 3, "max_tokens": 120}
@@ -216,7 +193,7 @@ async def test_the_support_route_answers_with_its_search_results(retriever: Serv
 
 async def test_the_support_route_masks_credentials_everywhere(retriever: Service) -> None:
     leaked = "Your old one was hunter2. Try password: Tr0ub4dor&3 now."
-    replica = _model(answer=leaked)
+    replica = model_replica(answer=leaked)
     async with running(replica), _support(retriever.url, replica) as client:
         response = await client.post(
             "/api/v1/chat/",
@@ -249,7 +226,7 @@ async def test_the_support_route_masks_credentials_everywhere(retriever: Service
 async def test_the_support_route_validates_in_its_own_error_shape(
     retriever: Service, payload: dict[str, Any], detail: str
 ) -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), _support(retriever.url, replica) as client:
         response = await client.post("/api/v1/chat/", json=payload)
     assert response.status_code == 400
@@ -260,7 +237,7 @@ async def test_the_support_route_validates_in_its_own_error_shape(
 
 
 async def test_the_support_route_is_503_when_the_knowledge_base_or_model_is_missing(retriever: Service) -> None:
-    replica = _model()
+    replica = model_replica(answer=CITED)
     async with running(replica), _support(dead_url(), replica) as client:
         down = await client.post("/api/v1/chat/", json={"query": "vpn"})
         health = await client.get("/api/v1/chat/health")

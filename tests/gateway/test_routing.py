@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
 
 from tests.gateway.fakes import Replica, Reply, chat, completion, dead_url, gateway, models, running
 
@@ -45,8 +49,10 @@ async def test_a_new_model_is_found_without_waiting_for_the_refresh() -> None:
     gguf = Replica().on("/v1/models", lambda r: models(*served)).on("/v1/chat/completions", lambda r: completion())
     async with running(gguf), gateway({"inference-gguf": [gguf.url]}, refresh_interval_s=3600) as client:
         served.append("m2")
-        await asyncio.sleep(1.05)  # the on-demand re-read is rate-limited to once a second
-        response = await client.post("/v1/chat/completions", content=chat("m2"))
+        # the on-demand re-read is rate-limited (once a second): ask until one re-read has found m2
+        response = await _until(
+            lambda r: r.status_code != 404, lambda: client.post("/v1/chat/completions", content=chat("m2"))
+        )
     assert response.status_code == 200
 
 
@@ -57,9 +63,13 @@ async def test_a_replica_that_went_away_is_skipped_and_the_next_one_answers() ->
     )
     async with running(second), gateway({"inference-gguf": [first.url, second.url]}) as client:
         await first.start()
-        await asyncio.sleep(1.05)
-        assert (await client.post("/v1/chat/completions", content=chat("not-served"))).status_code == 404
-        assert len((await client.get("/ready")).json()["unreachable"]) == 0  # the re-read found both
+
+        async def reread() -> httpx.Response:  # an unknown model makes the gateway re-read its services
+            assert (await client.post("/v1/chat/completions", content=chat("not-served"))).status_code == 404
+            return await client.get("/ready")
+
+        ready = await _until(lambda r: not r.json()["unreachable"], reread)
+        assert len(ready.json()["unreachable"]) == 0  # the re-read found both
         await first.stop()  # now refuses connections
         answers = [(await client.post("/v1/chat/completions", content=chat())) for _ in range(3)]
         metrics = (await client.get("/metrics")).text
@@ -102,3 +112,14 @@ async def test_upstream_errors_pass_through_with_their_headers() -> None:
         assert answer.status_code == 429
         assert answer.headers["retry-after"] == "4"
         assert answer.json()["error"]["code"] == "queue_full"
+
+
+async def _until(
+    done: Callable[[httpx.Response], bool], attempt: Callable[[], Awaitable[httpx.Response]], timeout_s: float = 10
+) -> httpx.Response:
+    """Repeat ``attempt`` until its response is ``done``; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done(response := await attempt()):
+        assert time.monotonic() < deadline, f"still {response.status_code} {response.text} after {timeout_s:g}s"
+        await asyncio.sleep(0.05)
+    return response

@@ -4,7 +4,6 @@ real history service on SQLite, started as a subprocess."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,23 +12,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Settings
-from tests.gateway.fakes import Replica, Reply, chat, completion, dead_url, gateway, running, sse
-from tests.services import Service, free_port, start_service
-
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    logs = tmp_path_factory.mktemp("history")
-    port = free_port()
-    service = start_service(
-        "history",
-        ["-m", "history"],
-        {"HISTORY_PORT": str(port), "HISTORY_SQLITE_PATH": str(logs / "history.sqlite3")},
-        port,
-        logs,
-    )
-    yield service
-    service.stop()
+from tests.gateway.fakes import Replica, chat, chunk, dead_url, gateway, model_replica, running, sse
+from tests.services import Service
 
 
 def _stored(history: Service, session: str) -> list[dict[str, Any]]:
@@ -40,31 +24,6 @@ def _append(history: Service, session: str, messages: list[dict[str, Any]]) -> N
     httpx.post(f"{history.url}/v1/sessions/{session}/messages", json={"messages": messages}).raise_for_status()
 
 
-def _event(content: str | None = None, finish: str | None = None) -> bytes:
-    delta = {"content": content} if content is not None else {}
-    return b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
-
-
-def _model(context_length: int = 4096, answer: str = "hello") -> Replica:
-    card = {
-        "object": "list",
-        "data": [
-            {
-                "id": "m1",
-                "object": "model",
-                "created": 0,
-                "owned_by": "inference-gguf",
-                "context_length": context_length,
-            }
-        ],
-    }
-    return (
-        Replica()
-        .on("/v1/models", lambda r: Reply(payload=card))
-        .on("/v1/chat/completions", lambda r: completion(answer))
-    )
-
-
 def _sent_messages(replica: Replica, i: int) -> list[dict[str, str]]:
     return [
         {"role": m["role"], "content": m["content"]} for m in orjson.loads(replica.chat_requests()[i].body)["messages"]
@@ -72,7 +31,7 @@ def _sent_messages(replica: Replica, i: int) -> list[dict[str, str]]:
 
 
 async def test_the_second_turn_carries_the_first_and_both_are_stored_in_order(history: Service) -> None:
-    replica = _model(answer="Paris.")
+    replica = model_replica(context_length=4096, answer="Paris.")
     settings = {"history_url": history.url}
     async with running(replica), gateway({"inference-gguf": [replica.url]}, **settings) as client:
         first = await client.post(
@@ -105,8 +64,8 @@ async def test_the_second_turn_carries_the_first_and_both_are_stored_in_order(hi
 
 
 async def test_a_streamed_answer_is_stored_whole(history: Service) -> None:
-    events = [_event("Hel"), _event("lo"), _event(finish="stop"), b"data: [DONE]\n\n"]
-    replica = _model().on("/v1/chat/completions", lambda r: sse(events))
+    events = [chunk("Hel"), chunk("lo"), chunk(finish="stop"), b"data: [DONE]\n\n"]
+    replica = model_replica(context_length=4096).on("/v1/chat/completions", lambda r: sse(events))
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url) as client:
         response = await client.post("/v1/chat/completions", content=chat(stream=True, session_id="s-stream"))
     assert response.content == b"".join(events)  # still byte for byte
@@ -117,7 +76,9 @@ async def test_a_streamed_answer_is_stored_whole(history: Service) -> None:
 
 
 async def test_a_stream_cut_upstream_is_stored_as_interrupted(history: Service) -> None:
-    replica = _model().on("/v1/chat/completions", lambda r: sse([_event("Half an ans")], end="abort"))
+    replica = model_replica(context_length=4096).on(
+        "/v1/chat/completions", lambda r: sse([chunk("Half an ans")], end="abort")
+    )
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url) as client:
         response = await client.post("/v1/chat/completions", content=chat(stream=True, session_id="s-cut"))
     assert b"stream_interrupted" in response.content
@@ -127,7 +88,9 @@ async def test_a_stream_cut_upstream_is_stored_as_interrupted(history: Service) 
 
 
 async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_interrupted(history: Service) -> None:
-    replica = _model().on("/v1/chat/completions", lambda r: sse([_event("One"), _event(" two")], end="hang"))
+    replica = model_replica(context_length=4096).on(
+        "/v1/chat/completions", lambda r: sse([chunk("One"), chunk(" two")], end="hang")
+    )
     app = Gateway(Settings(services={"inference-gguf": [replica.url]}, history_url=history.url))
     sent: list[dict[str, Any]] = []
     two_pieces = asyncio.Event()
@@ -167,7 +130,7 @@ async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_in
 
 
 async def test_history_down_fails_the_request_before_any_model_work_by_default() -> None:
-    replica = _model()
+    replica = model_replica(context_length=4096)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=dead_url()) as client:
         response = await client.post("/v1/chat/completions", content=chat(session_id="s"))
         plain = await client.post("/v1/chat/completions", content=chat())
@@ -179,7 +142,7 @@ async def test_history_down_fails_the_request_before_any_model_work_by_default()
 
 
 async def test_history_down_can_be_answered_without_history_and_says_so() -> None:
-    replica = _model()
+    replica = model_replica(context_length=4096)
     async with (
         running(replica),
         gateway({"inference-gguf": [replica.url]}, history_url=dead_url(), history_on_error="answer") as client,
@@ -196,7 +159,7 @@ async def test_history_is_trimmed_to_the_models_context(history: Service) -> Non
         for i, role in enumerate(["user", "assistant"] * 4)
     ]
     _append(history, "s-trim", turns)
-    replica = _model(context_length=1024)
+    replica = model_replica(context_length=1024)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url) as client:
         response = await client.post("/v1/chat/completions", content=chat(session_id="s-trim", max_tokens=100))
     assert response.status_code == 200
@@ -208,7 +171,7 @@ async def test_history_is_trimmed_to_the_models_context(history: Service) -> Non
 
 @pytest.mark.parametrize("session", ["", "a b", "x" * 129, 7])
 async def test_a_malformed_session_id_is_400(session: object, history: Service) -> None:
-    replica = _model()
+    replica = model_replica(context_length=4096)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url=history.url) as client:
         response = await client.post("/v1/chat/completions", content=chat(session_id=session))
     assert response.status_code == 400 and response.json()["error"]["param"] == "session_id"
@@ -216,8 +179,8 @@ async def test_a_malformed_session_id_is_400(session: object, history: Service) 
 
 
 async def test_the_finetune_backend_routes(history: Service) -> None:
-    events = [_event("Bon"), _event("jour"), _event(finish="stop"), b"data: [DONE]\n\n"]
-    replica = _model().on("/v1/chat/completions", lambda r: sse(events))
+    events = [chunk("Bon"), chunk("jour"), chunk(finish="stop"), b"data: [DONE]\n\n"]
+    replica = model_replica(context_length=4096).on("/v1/chat/completions", lambda r: sse(events))
     async with (
         running(replica),
         gateway({"inference-gguf": [replica.url]}, history_url=history.url, finetune_model="m1") as client,
@@ -240,7 +203,7 @@ async def test_the_finetune_backend_routes(history: Service) -> None:
 
 
 async def test_sessions_off_refuses_a_session_id() -> None:
-    replica = _model()
+    replica = model_replica(context_length=4096)
     async with running(replica), gateway({"inference-gguf": [replica.url]}, history_url="") as client:
         response = await client.post("/v1/chat/completions", content=chat(session_id="s"))
     assert response.status_code == 400 and response.json()["error"]["code"] == "sessions_disabled"

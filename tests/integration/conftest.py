@@ -15,22 +15,8 @@ import pytest
 import yaml
 
 from chat_common.bundled import bundled_gguf_path
+from tests.integration.helpers import FINETUNE_MODEL, MODEL, SEED_003_DEFAULTS
 from tests.services import ROOT, Service, free_port, start_service
-
-MODEL = "smollm2-135m-instruct"
-SEED_003_STOPS = [
-    "</s>",
-    "User:",
-    "\nUser:",
-    "Human:",
-    "\nHuman:",
-    "Question:",
-    "\nQuestion:",
-    "\n\n\n",
-    "Example:",
-    "Here's an",
-    "Let me",
-]
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +32,10 @@ def inference(logs: Path) -> Iterator[Service]:
             {
                 "models": [
                     {
-                        "id": "finetune-chat",
+                        "id": FINETUNE_MODEL,
                         "path": str(bundled_gguf_path()),
                         "n_ctx": 2048,
-                        "defaults": {
-                            "repeat_penalty": 1.1,
-                            "top_k": 40,
-                            "top_p": 0.9,
-                            "temperature": 0.5,
-                            "max_tokens": 150,
-                            "stop": SEED_003_STOPS,
-                        },
+                        "defaults": SEED_003_DEFAULTS,
                     }
                 ]
             }
@@ -159,7 +138,7 @@ def gateway(
             "GATEWAY_SERVICES": f'{{"inference-gguf": ["{inference.url}"]}}',
             "GATEWAY_HISTORY_URL": history.url,
             "GATEWAY_RETRIEVER_URL": retriever.url,
-            "GATEWAY_FINETUNE_MODEL": "finetune-chat",
+            "GATEWAY_FINETUNE_MODEL": FINETUNE_MODEL,
             "GATEWAY_PROFILES_FILE": str(profiles_file),
         },
         port,

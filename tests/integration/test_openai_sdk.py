@@ -6,17 +6,19 @@ Expected answers are llama.cpp's own greedy answers for the same model and promp
 
 from __future__ import annotations
 
+import functools
 import json
-import time
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
+import llama_cpp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import MODEL
+from chat_common.bundled import bundled_gguf_path
+from tests.integration.helpers import MODEL, metric, wait_until
 from tests.llama_reference import RECORDED, llama_cpp_answers
 from tests.services import Service, free_port, start_service
 
@@ -28,16 +30,6 @@ QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the 
 @pytest.fixture(scope="module")
 def france() -> dict[str, Any]:
     return llama_cpp_answers()[0]
-
-
-def _metric(service: Service, name: str, **labels: str) -> float:
-    text = httpx.get(f"{service.url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def test_models_of_the_service_are_listed(client: openai.OpenAI) -> None:
@@ -128,17 +120,21 @@ def test_bad_input_is_a_clear_400(client: openai.OpenAI) -> None:
 
 
 def test_a_prompt_longer_than_the_context_is_refused_with_counts(client: openai.OpenAI, inference: Service) -> None:
-    before = _metric(inference, "inference_gguf_generation_tokens_total")
+    before = metric(inference, "inference_gguf_generation_tokens_total")
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * 9000}])
     message = str(caught.value)
-    assert "maximum context length is 8192 tokens" in message and "9" in message
+    assert "maximum context length is 8192 tokens" in message
+    counted = re.search(r"the messages use (\d+) tokens", message)
+    assert counted is not None, message
+    words = len(_tokenizer().tokenize(("hello " * 9000).encode(), add_bos=False, special=False))
+    assert words < int(counted.group(1)) < words + 100  # the message's tokens and the chat template's few
     assert caught.value.code == "context_length_exceeded"
-    assert _metric(inference, "inference_gguf_generation_tokens_total") == before  # no model work
+    assert metric(inference, "inference_gguf_generation_tokens_total") == before  # no model work
 
 
 def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference: Service) -> None:
-    cancelled = _metric(inference, "inference_gguf_requests_total", finish_reason="cancelled")
+    cancelled = metric(inference, "inference_gguf_requests_total", finish_reason="cancelled")
     stream = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Count to ten thousand."}],
@@ -151,20 +147,30 @@ def test_client_disconnect_stops_the_generation(client: openai.OpenAI, inference
         pass
     stream.close()  # the client goes away mid-stream
 
-    deadline = time.monotonic() + 30
-    while _metric(inference, "inference_gguf_requests_total", finish_reason="cancelled") == cancelled:
-        assert time.monotonic() < deadline, "the generation was not cancelled"
-        time.sleep(0.1)
-    tokens = _metric(inference, "inference_gguf_generation_tokens_total")
-    time.sleep(0.5)
-    assert _metric(inference, "inference_gguf_generation_tokens_total") == tokens  # nothing decodes any more
-    line = next(
-        json.loads(line)
-        for line in inference.log().splitlines()
-        if "disconnect-test-1" in line and "generation finished" in line
+    wait_until(
+        lambda: metric(inference, "inference_gguf_requests_total", finish_reason="cancelled") > cancelled,
+        "the generation was not cancelled",
     )
+    wait_until(lambda: _finished("disconnect-test-1", inference) is not None, "no 'generation finished' line")
+    # nothing decodes any more: the sequence has left the engine
+    wait_until(lambda: metric(inference, "inference_gguf_running") == 0, "a sequence is still running")
+    line = _finished("disconnect-test-1", inference)
+    assert line is not None
     assert line["finish_reason"] == "cancelled"
     assert line["completion_tokens"] < 1000  # stopped long before max_tokens=4000
+
+
+def _finished(request_id: str, service: Service) -> dict[str, Any] | None:
+    """The service's 'generation finished' log line for the request, or None while there is none."""
+    for text in service.log().splitlines():
+        if request_id in text and "generation finished" in text:
+            return json.loads(text)  # type: ignore[no-any-return]
+    return None
+
+
+@functools.cache
+def _tokenizer() -> llama_cpp.Llama:
+    return llama_cpp.Llama(str(bundled_gguf_path()), vocab_only=True, verbose=False)
 
 
 async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> None:

@@ -11,10 +11,13 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.test_openai_sdk import QUESTION, _metric
+from tests.integration.helpers import MODEL, metric
+from tests.llama_reference import RECORDED
 from tests.services import Service
 
 pytestmark = pytest.mark.integration
+
+QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the capital of France?"
 
 
 def test_cern_route_as_the_seed_documents(gateway: Service) -> None:
@@ -74,13 +77,13 @@ def test_profile_as_a_model_through_the_sdk(client: openai.OpenAI) -> None:
 
 def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Service) -> None:
     plain = client.chat.completions.create(
-        model="smollm2-135m-instruct",
+        model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         temperature=0,
         max_tokens=24,
     )
     assert "paris" in (plain.choices[0].message.content or "").lower()  # what the guardrail is up against
-    before = _metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
+    before = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
     whole = client.chat.completions.create(model="no-paris", messages=[{"role": "user", "content": QUESTION}])
     assert whole.choices[0].message.content == "I cannot name that city."
     assert whole.choices[0].finish_reason == "content_filter"
@@ -89,5 +92,5 @@ def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Serv
     )
     text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
     assert "paris" not in text.lower() and text.endswith("I cannot name that city.")
-    after = _metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
+    after = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
     assert after - before == 2

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import MODEL
+from tests.integration.helpers import MODEL
 from tests.services import Service
 
 pytestmark = pytest.mark.integration

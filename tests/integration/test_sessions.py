@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from tests.integration.conftest import MODEL
+from tests.integration.helpers import MODEL
 from tests.services import Service
 
 

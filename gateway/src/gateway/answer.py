@@ -11,6 +11,7 @@ filtered answer, as the client receives it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -76,9 +77,12 @@ def replace_body(response: Response, payload: dict[str, Any]) -> Response:
     )
 
 
-def count_chat(proxy: Proxy, model: str, status: int, gone: bool) -> None:
-    """Count one chat request in the metrics (status 499 when the client left) and the access line."""
+def count_chat(proxy: Proxy, model: str, status: int, gone: bool, started: float) -> None:
+    """Count one chat request that reached the model stage in the metrics (status 499 when the client
+    left; ``started``: its ``time.perf_counter()`` on arrival) and note a departure on the access line."""
     if gone:
         status = 499
         access_fields()["client_gone"] = True
-    proxy.metrics.requests.labels(model, str(status)).inc()
+    label = proxy.model_label(model)
+    proxy.metrics.requests.labels(label, str(status)).inc()
+    proxy.metrics.latency.labels(label).observe(time.perf_counter() - started)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, suppress
 
 import aiohttp
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
@@ -61,7 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await refresher
 
-    app = FastAPI(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc load their scripts from the gateway itself (fastapi-offline ships them): no CDN.
+    app = FastAPIOffline(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.profiles = load_profiles(settings.profiles_file)  # ProfileFileError: the gateway does not start
     # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.

@@ -17,6 +17,8 @@ routing, dependency solving) is worth about a third of the streaming throughput 
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
@@ -60,12 +62,14 @@ class ChatRoutes:
             await self._chat(scope, receive, send)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         reframe: Reframe | None = None
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             filters: list[AnswerFilter] = list(self.state.answer_filters)
             if scope["path"] == finetunellm.CHAT_PATH:
-                chat = finetunellm.chat_request(body, self.state.settings.finetune_model)
+                settings = self.state.settings
+                chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
             else:
                 data = json_object(body, "with 'model' and 'messages'")
@@ -106,7 +110,7 @@ class ChatRoutes:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body, filters)
+            await self._relay_unchanged(scope, receive, send, chat, body, filters, started)
         else:
             await Conversation(
                 self.state,
@@ -117,7 +121,8 @@ class ChatRoutes:
                 query=query,
                 reframe=reframe,
                 filters=filters,
-            ).run(scope, receive, send)
+                store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
+            ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
         self,
@@ -127,6 +132,7 @@ class ChatRoutes:
         chat: ChatCompletionRequest,
         body: bytes,
         filters: list[AnswerFilter],
+        started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
         (filtered) answer."""
@@ -136,4 +142,4 @@ class ChatRoutes:
             response = await model_answer(proxy, chat, body, filters)
             await response(scope, receive, send)
             status = response.status_code
-        count_chat(proxy, chat.model, status, gone())
+        count_chat(proxy, chat.model, status, gone(), started)

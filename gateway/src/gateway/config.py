@@ -5,10 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["FinetuneSampling", "Settings"]
+
+# The FineTuneLLM backend's stop sequences (seed 003's README).
+FINETUNE_STOPS = (
+    "</s>",
+    "User:",
+    "\nUser:",
+    "Human:",
+    "\nHuman:",
+    "Question:",
+    "\nQuestion:",
+    "\n\n\n",
+    "Example:",
+    "Here's an",
+    "Let me",
+)
+
+
+class FinetuneSampling(BaseModel):
+    """The sampling the FineTuneLLM route sends with every request: that backend's own settings (seed
+    003: at most 150 tokens, its stop sequences, temperature 0.5, top_k 40, top_p 0.9, repeat penalty
+    1.1). A field set to null is left to the model's own defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(150, ge=1)
+    temperature: float | None = Field(0.5, ge=0.0, le=2.0)
+    top_p: float | None = Field(0.9, gt=0.0, le=1.0)
+    top_k: int | None = Field(40, ge=0)
+    repeat_penalty: float | None = Field(1.1, gt=0.0, le=10.0)
+    stop: list[str] | None = Field(default_factory=lambda: list(FINETUNE_STOPS), max_length=16)
+    seed: int | None = None  # not the seed's: set one for reproducible answers
 
 
 class Settings(BaseSettings):
@@ -100,6 +131,12 @@ class Settings(BaseSettings):
         "chatqna",
         min_length=1,
         description="Profile id, or else model id, behind the ChatQnA-compatible POST /v1/chatqna route (seed 001).",
+    )
+    finetune_sampling: FinetuneSampling = Field(
+        default_factory=FinetuneSampling,
+        description="Sampling sent with every POST /chat request, as JSON (fields max_tokens, temperature, "
+        "top_p, top_k, repeat_penalty, stop, seed; missing ones keep the seed's values (no seed), null ones "
+        "are left to the model's defaults).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 

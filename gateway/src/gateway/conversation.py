@@ -27,7 +27,7 @@ from gateway.asgi import cancel_on_disconnect
 from gateway.history import HistoryClient, HistoryUnavailable
 from gateway.proxy import EventStream, Proxy
 from gateway.retrieval import Passages, RetrievalSpec, RetrieverClient, RetrieverUnavailable, with_passages
-from gateway.sessions import Transcript, compose, exchange, fit_history
+from gateway.sessions import Transcript, answer_message, compose, fit_history, new_exchange_id, request_messages
 
 __all__ = ["EXTENSIONS", "Conversation", "Reframe"]
 
@@ -44,6 +44,8 @@ class Conversation:
     ``filters`` are the answer filters of this request (default: the app's, ``state.answer_filters``).
     ``reframe`` turns the (filtered) OpenAI events of a streamed answer into the bytes a seed's route
     sends instead (:func:`gateway.compat.finetunellm.reframe_stream`); None sends them as they are.
+    ``store_on_arrival`` stores the request's messages as soon as the history is read (so they carry the
+    time they arrived) instead of with the answer; the write runs beside the model's work.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Conversation:
         query: str | None,
         reframe: Reframe | None,
         filters: Sequence[AnswerFilter] | None = None,
+        store_on_arrival: bool = False,
     ) -> None:
         self.proxy: Proxy = state.proxy
         self.history: HistoryClient = state.history
@@ -74,8 +77,12 @@ class Conversation:
         self.headers: list[tuple[bytes, bytes]] = []
         self.forwarded = False  # the request reached a model: there is an exchange to store
         self.stored = False
+        self.store_on_arrival = store_on_arrival
+        self.exchange_id = new_exchange_id()
+        self.arrival: asyncio.Task[None] | None = None  # storing the request's messages, when on arrival
 
-    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def run(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        """Answer the request; ``started``: its ``time.perf_counter()`` on arrival (for the metrics)."""
         status = 499
         async with cancel_on_disconnect(receive) as gone:
             try:
@@ -84,6 +91,8 @@ class Conversation:
                 response: Response | EventStream = error_response(exc)
             else:
                 self.forwarded = True
+                if self.store_on_arrival and self.session is not None:
+                    self.arrival = asyncio.create_task(self._append(self._request_messages(), "request"))
                 response = await model_answer(self.proxy, self.chat, body, self.filters)
             if isinstance(response, EventStream):
                 response.pieces = self._observed(response.pieces)
@@ -95,7 +104,7 @@ class Conversation:
                 await self._store()
             await response(scope, receive, self._with_headers(send))
             status = response.status_code
-        count_chat(self.proxy, self.chat.model, status, gone())
+        count_chat(self.proxy, self.chat.model, status, gone(), started)
         if gone():
             await self._store()  # what the client was sent before it left, marked interrupted
 
@@ -205,16 +214,30 @@ class Conversation:
 
     async def _store(self) -> None:
         """Store the exchange once the answer is complete (or the client has gone), before the response
-        ends: never on the path to the first token, and always before the client can ask its next turn."""
+        ends: never on the path to the first token, and always before the client can ask its next turn.
+        When the request's messages were stored on arrival, that write is awaited and the answer follows."""
         if self.stored or not self.forwarded or self.session is None:
             return
         self.stored = True
         sources = self.passages.sources() if self.passages is not None else None
-        messages = exchange(self.chat, self.transcript, request_id=request_id() or "", sources=sources)
+        answer = answer_message(
+            self.chat, self.transcript, exchange_id=self.exchange_id, request_id=request_id() or "", sources=sources
+        )
+        if self.arrival is not None:
+            await self.arrival
+            await self._append([answer], "answer")
+        else:
+            await self._append([*self._request_messages(), answer], "exchange")
+
+    def _request_messages(self) -> list[dict[str, Any]]:
+        return request_messages(self.chat, exchange_id=self.exchange_id, request_id=request_id() or "")
+
+    async def _append(self, messages: list[dict[str, Any]], what: str) -> None:
+        assert self.session is not None
         try:
             await self.history.append(self.session, messages)
         except (HistoryUnavailable, ValueError) as exc:
             self.proxy.metrics.history_failures.labels("write").inc()
             logger.error(
-                "exchange not stored", extra={"session_id": self.session, "error": str(exc), "messages": len(messages)}
+                f"{what} not stored", extra={"session_id": self.session, "error": str(exc), "messages": len(messages)}
             )

@@ -1,17 +1,61 @@
-"""Prometheus metrics of the gateway, on the app's own registry."""
+"""Prometheus metrics of the gateway, on the app's own registry.
+
+The ``model`` label only ever holds a model the gateway routes (one its services list) or ``other``
+(:data:`OTHER_MODEL`): a client can send any model name, and a label taken from it would let any client
+create unbounded series. Latency and time to first token are histograms per model; tokens are counted
+from the ``usage`` the model services report (every non-streamed answer; a streamed one when the client
+asked for it with ``stream_options.include_usage``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from typing import Any
 
-__all__ = ["GatewayMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["OTHER_MODEL", "GatewayMetrics"]
+
+OTHER_MODEL = "other"
+# seconds: a cached or tiny answer (milliseconds) to a long generation (minutes)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.requests = Counter(
-            "gateway_chat_requests", "Chat requests by model and HTTP status.", ["model", "status"], registry=registry
+            "gateway_chat_requests",
+            "Chat requests by model (a routed model, or 'other') and HTTP status.",
+            ["model", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gateway_chat_request_duration_seconds",
+            "Chat requests from arrival to the end of the answer (the last byte of a stream), by model.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "gateway_chat_time_to_first_token_seconds",
+            "Streamed answers: from the request reaching the gateway's upstream call to the first event with "
+            "text, by model.",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens",
+            "Prompt tokens of answered chat requests (from usage), by model.",
+            ["model"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens",
+            "Completion tokens of answered chat requests (from usage), by model.",
+            ["model"],
+            registry=registry,
         )
         self.upstream_failures = Counter(
             "gateway_upstream_failures",
@@ -37,3 +81,13 @@ class GatewayMetrics:
             registry=registry,
         )
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.", registry=registry)
+
+    def usage(self, model_label: str, usage: Any) -> None:
+        """Count the tokens of an answer's ``usage`` object (ignored when it is not one)."""
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt > 0:
+            self.prompt_tokens.labels(model_label).inc(prompt)
+        if isinstance(completion, int) and completion > 0:
+            self.completion_tokens.labels(model_label).inc(completion)

@@ -14,16 +14,18 @@ per-chunk cost low enough for the gateway to relay several thousand streams a se
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chat_common import sse
 from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import OTHER_MODEL, GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
 
 __all__ = ["EventStream", "Proxy"]
@@ -31,6 +33,9 @@ __all__ = ["EventStream", "Proxy"]
 logger = logging.getLogger(__name__)
 
 _PASSED_BACK = ("content-type", "retry-after")
+_TEXT_DELTA = b'"delta":{"content":'  # a chunk with text (the first chunk of a stream has a role first)
+_USAGE = b'"usage":{'
+
 # Nothing reached the replica: another replica may answer.
 _UNREACHABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -60,12 +65,17 @@ class Proxy:
             )
         return replicas
 
+    def model_label(self, model: str) -> str:
+        """``model`` as a metrics label: itself when the gateway routes it, else ``other`` (bounded series)."""
+        return model if self.registry.card(model) is not None else OTHER_MODEL
+
     async def call_model(self, model: str, path: str, body: bytes, *, stream: bool) -> Response | EventStream:
         """POST ``body`` to ``path`` on a replica serving ``model`` (the next replica when one cannot be
         reached); its answer as an ASGI response to send on (an :class:`EventStream` when ``stream`` and
         the replica streams), or an :class:`APIError` 503/404. A cancellation (the client left) drops the
         upstream request."""
         access_fields()["model"] = model
+        started = time.perf_counter()
         replicas = await self.route(model)
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
         failures: list[str] = []
@@ -74,11 +84,14 @@ class Proxy:
             try:
                 upstream = await self._post(replica.url + path, body, headers)
                 if stream:
-                    return await self._stream(replica, upstream, release)
+                    return await self._stream(replica, upstream, release, model, started)
                 try:
-                    return await _read_whole(upstream)
+                    response = await _read_whole(upstream)
                 finally:
                     release()
+                if response.status_code == 200:
+                    self._count_usage(model, bytes(response.body))
+                return response
             except _UNREACHABLE as exc:
                 release()
                 failures.append(f"{replica.url}: {describe_error(exc)}")
@@ -125,7 +138,12 @@ class Proxy:
             return await self.session.post(url, data=body, headers=headers)
 
     async def _stream(
-        self, replica: Replica, upstream: aiohttp.ClientResponse, release: Callable[[], None]
+        self,
+        replica: Replica,
+        upstream: aiohttp.ClientResponse,
+        release: Callable[[], None],
+        model: str,
+        started: float,
     ) -> Response | EventStream:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             try:
@@ -142,11 +160,16 @@ class Proxy:
                 upstream.close()
             release()
 
-        return EventStream(self._relay(replica, upstream), on_close=close)
+        return EventStream(self._relay(replica, upstream, model, started), on_close=close)
 
-    async def _relay(self, replica: Replica, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, replica: Replica, upstream: aiohttp.ClientResponse, model: str, started: float
+    ) -> AsyncIterator[bytes]:
+        """The upstream's complete events as they arrive. Notes the time to the first text and the final
+        usage for the metrics by looking for them in the bytes (the events are not parsed)."""
         held = b""
         finished = False
+        first_text = True
         problem = "the stream ended without [DONE]"
         try:
             async for chunk in upstream.content.iter_any():
@@ -157,6 +180,11 @@ class Proxy:
                     continue
                 end += len(sse.EVENT_END)
                 complete, held = data[:end], data[end:]
+                if first_text and _TEXT_DELTA in complete:
+                    first_text = False
+                    self.metrics.time_to_first_token.labels(model).observe(time.perf_counter() - started)
+                if _USAGE in complete:
+                    self._count_stream_usage(model, complete)
                 finished = complete.endswith(sse.DONE)
                 yield complete
         except (TimeoutError, aiohttp.SocketTimeoutError):
@@ -175,6 +203,26 @@ class Proxy:
                 code="stream_interrupted",
             )
             yield sse.DONE
+
+    def _count_usage(self, model: str, body: bytes) -> None:
+        """Count the tokens of a whole JSON answer's ``usage``."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(payload, dict):
+            self.metrics.usage(model, payload.get("usage"))
+
+    def _count_stream_usage(self, model: str, events: bytes) -> None:
+        """Count the tokens of the (last) usage chunk among ``events``, complete SSE events."""
+        at = events.rfind(_USAGE)
+        if at < 0:
+            return
+        start = events.rfind(b"\ndata: ", 0, at) + 1  # 0 when the usage event is the first one
+        if not events.startswith(b"data: ", start):
+            return
+        end = events.find(b"\n", at)
+        self._count_usage(model, events[start + 6 : end])
 
 
 class EventStream:

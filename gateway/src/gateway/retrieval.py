@@ -107,6 +107,14 @@ class RetrieverClient(JsonService):
             ) from None
         return list(data["data"])
 
+    async def embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The retriever's answer to an OpenAI embeddings request; a refused one (unknown model, bad input)
+        is an :class:`APIError` with the retriever's status, message, code and param."""
+        try:
+            return await self.call("POST", "/v1/embeddings", json=request)
+        except ServiceRefused as exc:
+            raise APIError(exc.status, exc.message, param=exc.param, code=exc.code) from None
+
     async def collection(self, name: str) -> dict[str, Any] | None:
         try:
             return await self.call("GET", f"/v1/collections/{name}")

@@ -1,4 +1,4 @@
-"""The unified API's FastAPI routes other than chat: the model list, health, readiness and metrics.
+"""The unified API's FastAPI routes other than chat: models, embeddings, health, readiness and metrics.
 
 ``POST /v1/chat/completions`` is answered in front of FastAPI (:mod:`gateway.chat`); loading and
 unloading models is :mod:`gateway.model_admin`; the seed systems' routes are :mod:`gateway.compat`.
@@ -6,12 +6,16 @@ unloading models is :mod:`gateway.model_admin`; the seed systems' routes are :mo
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from chat_common.errors import APIError
 from chat_common.metrics import metrics_response
+from chat_common.requests import json_object
 from gateway.proxy import Proxy
+from gateway.retrieval import RetrieverClient, RetrieverUnavailable
 
 __all__ = ["router"]
 
@@ -26,6 +30,39 @@ def _proxy(request: Request) -> Proxy:
 async def list_models(request: Request) -> dict[str, object]:
     """The services' models, then the configured profiles as virtual models (``owned_by: switchboard-profile``)."""
     return {"object": "list", "data": [*_proxy(request).registry.cards(), *request.app.state.profiles.cards()]}
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> dict[str, Any]:
+    """One model's card (the SDK's ``models.retrieve``); 404 listing the available models otherwise."""
+    proxy = _proxy(request)
+    await proxy.route(model)  # re-reads the services once when the model is unknown; 404 if still unknown
+    card = proxy.registry.card(model)
+    if card is None:  # routable but gone from the listing since: as unknown
+        raise APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
+    return card
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> dict[str, Any]:
+    """OpenAI's embeddings, answered by the retriever's embedders (its ``/v1/embeddings``)."""
+    retriever: RetrieverClient | None = request.app.state.retriever
+    body = json_object(await request.body(), "with 'input' (and optionally 'model')")
+    if retriever is None:
+        raise APIError(
+            400,
+            "This gateway has no retriever (GATEWAY_RETRIEVER_URL is empty), which computes embeddings.",
+            code="embeddings_disabled",
+        )
+    try:
+        return await retriever.embeddings(body)
+    except RetrieverUnavailable as exc:
+        raise APIError(
+            503,
+            f"The retriever service, which computes embeddings, is unavailable ({exc}). Retry later.",
+            code="retriever_unavailable",
+            headers={"Retry-After": "2"},
+        ) from exc
 
 
 @router.get("/health")

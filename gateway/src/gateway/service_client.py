@@ -24,13 +24,14 @@ class ServiceUnavailable(Exception):
 
 
 class ServiceRefused(ValueError):
-    """The service answered 4xx; ``message`` and ``code`` are its own."""
+    """The service answered 4xx; ``message``, ``code`` and ``param`` are its own."""
 
-    def __init__(self, status: int, message: str, code: str | None) -> None:
+    def __init__(self, status: int, message: str, code: str | None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.param = param
 
 
 class JsonService:
@@ -64,7 +65,8 @@ class JsonService:
                 if response.status >= 400:
                     error = data.get("error") if isinstance(data, dict) else None
                     code = error.get("code") if isinstance(error, dict) else None
-                    raise ServiceRefused(response.status, _message(data), code)
+                    param = error.get("param") if isinstance(error, dict) else None
+                    raise ServiceRefused(response.status, _message(data), code, param)
                 return data
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if isinstance(exc, ServiceRefused):

@@ -20,7 +20,17 @@ from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
 from gateway.tokens import estimate_messages
 
-__all__ = ["SESSION_HEADER", "SESSION_ID_PATTERN", "Transcript", "compose", "exchange", "fit_history", "session_id_of"]
+__all__ = [
+    "SESSION_HEADER",
+    "SESSION_ID_PATTERN",
+    "Transcript",
+    "answer_message",
+    "compose",
+    "fit_history",
+    "new_exchange_id",
+    "request_messages",
+    "session_id_of",
+]
 
 SESSION_HEADER = b"x-session-id"
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
@@ -137,27 +147,31 @@ class Transcript:
             self.usage = payload["usage"]
 
 
-def exchange(
-    chat: ChatCompletionRequest, transcript: Transcript, *, request_id: str, sources: list[dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
-    """The messages to store for one request: its own non-system messages, then the answer.
+def new_exchange_id() -> str:
+    """An id for one exchange (a request and its answer): its messages' ids are made from it, never from the
+    request id, which clients may reuse; so a retried write of the same exchange stores it once."""
+    return uuid.uuid4().hex
 
-    Message ids are fixed once per exchange (not taken from the request id, which clients may reuse),
-    so a retried write of the same exchange stores it once.
-    """
-    exchange_id = uuid.uuid4().hex
-    stored: list[dict[str, Any]] = []
-    for i, message in enumerate(chat.messages):
-        if message.role in ("system", "developer"):
-            continue
-        stored.append(
-            {
-                "role": message.role,
-                "content": message.text,
-                "request_id": request_id,
-                "message_id": f"{exchange_id}:{i}",
-            }
-        )
+
+def request_messages(chat: ChatCompletionRequest, *, exchange_id: str, request_id: str) -> list[dict[str, Any]]:
+    """The request's own non-system messages, to store (ids ``<exchange_id>:<index>``)."""
+    return [
+        {"role": message.role, "content": message.text, "request_id": request_id, "message_id": f"{exchange_id}:{i}"}
+        for i, message in enumerate(chat.messages)
+        if message.role not in ("system", "developer")
+    ]
+
+
+def answer_message(
+    chat: ChatCompletionRequest,
+    transcript: Transcript,
+    *,
+    exchange_id: str,
+    request_id: str,
+    sources: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The assistant's answer as relayed, to store (id ``<exchange_id>:answer``); ``interrupted`` unless it
+    ended with a finish reason and no error."""
     usage = transcript.usage or {}
     answer: dict[str, Any] = {
         "role": "assistant",
@@ -174,5 +188,4 @@ def exchange(
         answer["metadata"]["error"] = transcript.error
     if sources is not None:  # which passages the answer was given (their text stays in the retriever)
         answer["metadata"]["sources"] = [{k: s.get(k) for k in ("doc_id", "chunk_id", "score")} for s in sources]
-    stored.append(answer)
-    return stored
+    return answer

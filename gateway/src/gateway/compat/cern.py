@@ -11,6 +11,7 @@ defines no error shape, so errors are in OpenAI's envelope.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import orjson
@@ -66,6 +67,7 @@ def _profile(request: Request) -> Profile:
 
 @router.post(CHAT_PATH)
 async def chat(request: Request) -> Response:
+    started = time.perf_counter()
     data = json_object(await request.body(), "with 'user_prompt' and 'history'")
     try:
         ask = CernChat.model_validate(data)
@@ -81,7 +83,7 @@ async def chat(request: Request) -> Response:
     response = await model_answer(
         proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)]
     )
-    count_chat(proxy, chat_req.model, response.status_code, False)
+    count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:
         return response

@@ -18,6 +18,7 @@ from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
 from chat_common.requests import chat_request as validated_chat_request
 from chat_common.requests import json_object
+from gateway.config import FinetuneSampling
 from gateway.history import HistoryClient, HistoryUnavailable
 from gateway.proxy import Proxy
 from gateway.sessions import SESSION_ID_PATTERN
@@ -107,8 +108,9 @@ async def clear_history(request: Request, session_id: SessionId = DEFAULT_SESSIO
     }
 
 
-def chat_request(body: bytes, model: str) -> ChatCompletionRequest:
-    """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request."""
+def chat_request(body: bytes, model: str, sampling: FinetuneSampling) -> ChatCompletionRequest:
+    """FineTuneLLM's ``{"prompt", "session_id"}`` (session "default" when absent) as a streamed chat request
+    with that backend's ``sampling`` (``GATEWAY_FINETUNE_SAMPLING``)."""
     data = json_object(body, "with a 'prompt' (and optionally a 'session_id')")
     if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
         raise APIError(
@@ -122,7 +124,9 @@ def chat_request(body: bytes, model: str) -> ChatCompletionRequest:
             "model": model,
             "messages": [{"role": "user", "content": data["prompt"]}],
             "stream": True,
+            "stream_options": {"include_usage": True},  # token counts for the history and the metrics
             "session_id": data.get("session_id") or DEFAULT_SESSION,
+            **sampling.model_dump(exclude_none=True),
         }
     )
 

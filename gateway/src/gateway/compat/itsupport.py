@@ -1,6 +1,6 @@
 """The IT-support chatbot's API (seed 002), kept working through the gateway.
 
-``POST /api/v1/chat/`` answers a ``query`` from the ``GATEWAY_RAG_COLLECTION`` collection with
+``POST /api/v1/chat/`` (or ``/api/v1/chat``) answers a ``query`` from the ``GATEWAY_RAG_COLLECTION`` collection with
 ``GATEWAY_RAG_MODEL``; ``GET /api/v1/chat/health`` says whether both are there. Errors use that API's
 own shape, ``{"error", "detail", "timestamp"}``, with 400, 503 or 500. Credentials in the query, the
 passages and the answer are masked (:mod:`gateway.credentials`) before they reach the retriever or the
@@ -77,6 +77,7 @@ def _parse(body: bytes) -> SupportQuery:
 
 
 @router.post("/")
+@router.post("", include_in_schema=False)  # both spellings answer (no redirect to the slashed one)
 async def chat(request: Request) -> Response:
     started = time.perf_counter()
     try:
