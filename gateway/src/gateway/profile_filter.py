@@ -13,6 +13,7 @@ stays sent, and it never contains the phrase). Every decision on a guarded answe
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -198,6 +199,21 @@ class _FilteredStream:
             prefix = prefix.replace(old, b'"model":' + orjson.dumps(model), 1)
         self.frame = (prefix, suffix)
 
+    def _only_content(self, piece: bytes) -> list[str] | None:
+        """The texts of a piece made only of content chunks that do not finish the answer (found by one
+        pass over the piece, decoded by one ``orjson.loads``); None for any other piece."""
+        events = piece.count(sse.EVENT_END)
+        strings = _CONTENT_STRING.findall(piece)
+        if not events or len(strings) != events or piece.count(b'"finish_reason":null') != events:
+            return None
+        if self.frame is None:
+            first = _content_only(piece[: piece.index(sse.EVENT_END)])
+            if first is None:
+                return None
+            self._learn(first[0], first[2])
+        texts: list[str] = orjson.loads(b"[" + b",".join(strings) + b"]")
+        return texts
+
     async def run(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The filtered stream. The content chunks of one relayed piece (they arrived together) are
         filtered as one text and sent as one chunk of each kind; a content chunk is read without parsing
@@ -205,7 +221,17 @@ class _FilteredStream:
         model = self.owner.answer_model
         try:
             async for piece in pieces:
-                out: list[bytes] = []
+                texts = self._only_content(piece)
+                if texts is not None:  # the common piece: content chunks and nothing else
+                    out = self._text("".join(texts))
+                    if self.blocked:
+                        out.extend(self._fallback())
+                        yield b"".join(out)
+                        return
+                    if out:
+                        yield b"".join(out)
+                    continue
+                out = []
                 text: list[str] = []
                 for raw in piece.split(sse.EVENT_END):
                     if not raw.strip():
@@ -264,6 +290,9 @@ class _FilteredStream:
 
 
 _CONTENT_DELTA = b'"delta":{"content":"'
+# A delta that is only a content string (a quote inside the string is always escaped, so this cannot
+# match inside one).
+_CONTENT_STRING = re.compile(rb'"delta":\{"content":("(?:[^"\\]|\\.)*")\}')
 
 
 def _content_only(raw: bytes) -> tuple[bytes, str, bytes] | None:
