@@ -17,7 +17,8 @@ import uvicorn
 MODEL = "fake-model"
 
 
-def build_app(chunks: int) -> Any:
+def build_app(chunks: int, think: int = 0) -> Any:
+    """``think`` > 0: a streamed answer's first ``think`` chunks are reasoning, between <think> tags."""
     models = orjson.dumps(
         {
             "object": "list",
@@ -60,7 +61,11 @@ def build_app(chunks: int) -> Any:
         )
 
     events = [chunk({"role": "assistant", "content": ""}, None)]
-    events += [chunk({"content": "tok "}, None) for _ in range(chunks)]
+    pieces = ["tok "] * chunks
+    if think:
+        pieces[0] = "<think>" + pieces[0]
+        pieces[min(think, chunks) - 1] += "</think>"
+    events += [chunk({"content": piece}, None) for piece in pieces]
     events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -107,9 +112,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--think", type=int, default=0, help="streamed chunks of reasoning, in <think> tags")
     args = parser.parse_args()
     uvicorn.run(
-        build_app(args.chunks), host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="on"
+        build_app(args.chunks, args.think),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
     )
 
 

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The demo profiles (cern, chatqna) behind the Cern and ChatQnA routes; GATEWAY_PROFILES_FILE= turns them off.
+export GATEWAY_PROFILES_FILE="${GATEWAY_PROFILES_FILE-deploy/profiles.yaml}"
 honcho start -f Procfile &
 honcho_pid=$!
 trap 'kill -TERM "$honcho_pid" 2>/dev/null; wait "$honcho_pid" 2>/dev/null' INT TERM EXIT
@@ -25,6 +27,12 @@ Switchboard is ready: $url  (OpenAI-compatible; models: curl $url/v1/models)
   curl $url/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2-135m-instruct", "retrieval": {"collection": "it-support", "top_k": 3}, "messages": [{"role": "user", "content": "How do I reset my password?"}]}'
   curl $url/api/v1/chat/ -H 'Content-Type: application/json' -d '{"query": "How do I reset my password?"}'
+
+  Seed routes: Cern (POST /api/chat) and ChatQnA (POST /v1/chatqna), served by the demo profiles:
+  curl $url/api/chat -H 'Content-Type: application/json' \\
+    -d '{"history": [], "user_prompt": "What is the battery life of the Lumen Drift?"}'
+  curl $url/v1/chatqna -H 'Content-Type: application/json' \\
+    -d '{"messages": [{"role": "user", "content": "When does the shop open?"}], "stream": false, "context": ["The shop opens at 9:00."], "meta": {"auth_token": ""}}'
 
 Press Ctrl-C to stop.
 MSG

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from chat_common.bundled import bundled_gguf_path
-from tests.integration.helpers import FINETUNE_MODEL, SEED_003_DEFAULTS
+from tests.integration.helpers import FINETUNE_MODEL, MODEL, SEED_003_DEFAULTS
 from tests.services import ROOT, Service, free_port, start_service
 
 
@@ -106,7 +106,30 @@ def retriever(logs: Path) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
-def gateway(inference: Service, history: Service, retriever: Service, logs: Path) -> Iterator[Service]:
+def profiles_file(logs: Path) -> Path:
+    """The demo profiles of make run (deploy/profiles.yaml), and 'no-paris', whose guardrail bans the
+    answer the bundled model gives to "Which city is the capital of France?"."""
+    demo = yaml.safe_load((ROOT / "deploy" / "profiles.yaml").read_text())
+    for profile in demo["profiles"]:
+        if profile.get("knowledge_file"):
+            profile["knowledge_file"] = str((ROOT / "deploy" / profile["knowledge_file"]).resolve())
+    demo["profiles"].append(
+        {
+            "id": "no-paris",
+            "model": MODEL,
+            "sampling": {"temperature": 0, "max_tokens": 24},
+            "guardrails": {"banned": ["paris"], "fallback": "I cannot name that city."},
+        }
+    )
+    path = logs / "profiles.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    inference: Service, history: Service, retriever: Service, logs: Path, profiles_file: Path
+) -> Iterator[Service]:
     port = free_port()
     service = start_service(
         "gateway",
@@ -117,6 +140,7 @@ def gateway(inference: Service, history: Service, retriever: Service, logs: Path
             "GATEWAY_HISTORY_URL": history.url,
             "GATEWAY_RETRIEVER_URL": retriever.url,
             "GATEWAY_FINETUNE_MODEL": FINETUNE_MODEL,
+            "GATEWAY_PROFILES_FILE": str(profiles_file),
         },
         port,
         logs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import uvicorn
 
@@ -10,6 +11,7 @@ from chat_common.logging import configure_logging
 from chat_common.settings import settings_or_exit
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.profiles import ProfileFileError
 
 # Young-generation collections every 10,000 net allocations instead of CPython's 700. With dozens of
 # requests in flight, their live objects alone cross 700 over and over: each pass found next to nothing
@@ -23,7 +25,11 @@ GC_GEN0_THRESHOLD = 10_000
 def main() -> None:
     settings = settings_or_exit(Settings)
     configure_logging("gateway", settings.log_level)
-    app = Gateway(settings)
+    try:
+        app = Gateway(settings)
+    except ProfileFileError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Everything imported and built so far lives as long as the process: keep it out of every later
     # collection, so that the passes that do run walk only what requests allocate.
     gc.collect()

@@ -24,6 +24,7 @@ from gateway.discovery import make_resolver
 from gateway.history import HistoryClient
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
+from gateway.profiles import load_profiles
 from gateway.proxy import Proxy
 from gateway.registry import Registry
 from gateway.retrieval import RetrieverClient
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     # /docs and /redoc load their scripts from the gateway itself (fastapi-offline ships them): no CDN.
     app = FastAPIOffline(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.profiles = load_profiles(settings.profiles_file)  # ProfileFileError: the gateway does not start
     # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.
     answer_filters: list[AnswerFilter] = []
     app.state.answer_filters = answer_filters

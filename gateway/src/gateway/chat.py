@@ -2,10 +2,12 @@
 
 ``POST /v1/chat/completions`` (OpenAI), and the seeds' chat routes: ``POST /chat/completions`` (the
 AlterEgo backend's name for the same route, seed 004) and ``POST /chat`` (the FineTuneLLM backend's
-streaming route, seed 003, translated by :mod:`gateway.compat.finetunellm`). Every other request goes
-on to the FastAPI app. A body is validated (bad input never reaches a model) and sent to a replica of
-the service that owns the model; the answer is relayed as it comes (:mod:`gateway.answer`). A plain
-request goes upstream unchanged; one with a session or retrieval is orchestrated by
+streaming route, seed 003, translated by :mod:`gateway.compat.finetunellm`) and ``POST /v1/chatqna``
+(the ChatQnA backend's, seed 001, :mod:`gateway.compat.chatqna`). A request for a profile (persona,
+:mod:`gateway.profiles`) is rewritten for it and its answer filtered (:mod:`gateway.profile_filter`).
+Every other request goes on to the FastAPI app. A body is validated (bad input never reaches a model)
+and sent to a replica of the service that owns the model; the answer is relayed as it comes
+(:mod:`gateway.answer`). A plain request goes upstream unchanged; one with a session or retrieval is orchestrated by
 :class:`gateway.conversation.Conversation`. A client that disconnects cancels the work and closes the
 upstream request. Errors are rendered in OpenAI's envelope.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,10 +28,12 @@ from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
 from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
-from gateway.answer import count_chat, model_answer
+from gateway.answer import AnswerFilter, count_chat, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
-from gateway.compat import alterego, finetunellm
+from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
+from gateway.profile_filter import ProfileFilter
+from gateway.profile_select import select_profile
 from gateway.proxy import Proxy
 from gateway.retrieval import query_of, retrieval_of
 from gateway.sessions import session_id_of
@@ -36,7 +41,7 @@ from gateway.sessions import session_id_of
 __all__ = ["CHAT_PATHS", "ChatRoutes"]
 
 OPENAI_PATH = "/v1/chat/completions"
-CHAT_PATHS = (OPENAI_PATH, alterego.CHAT_PATH, finetunellm.CHAT_PATH)
+CHAT_PATHS = (OPENAI_PATH, alterego.CHAT_PATH, finetunellm.CHAT_PATH, chatqna.CHAT_PATH)
 
 
 class ChatRoutes:
@@ -62,13 +67,25 @@ class ChatRoutes:
         reframe: Reframe | None = None
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
-            if scope["path"] != finetunellm.CHAT_PATH:
-                data = json_object(body, "with 'model' and 'messages'")
-                chat = chat_request(data)
-            else:
+            filters: list[AnswerFilter] = list(self.state.answer_filters)
+            if scope["path"] == finetunellm.CHAT_PATH:
                 settings = self.state.settings
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
+            else:
+                data = json_object(body, "with 'model' and 'messages'")
+                if scope["path"] == chatqna.CHAT_PATH:
+                    profile, data = chatqna.chat_data(
+                        data, self.state.settings, self.state.profiles, self.state.proxy.registry
+                    )
+                    answer_as: str | None = chatqna.ANSWER_MODEL
+                else:
+                    profile, data = select_profile(self.state.profiles, data, scope["headers"])
+                    answer_as = profile.id if profile is not None else None
+                chat = chat_request(data)
+                if answer_as is not None:
+                    body = orjson.dumps(data)
+                    filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:
@@ -95,7 +112,7 @@ class ChatRoutes:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body, started)
+            await self._relay_unchanged(scope, receive, send, chat, body, filters, started)
         else:
             await Conversation(
                 self.state,
@@ -105,17 +122,26 @@ class ChatRoutes:
                 retrieval=retrieval,
                 query=query,
                 reframe=reframe,
+                filters=filters,
                 store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
             ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
-        self, scope: Scope, receive: Receive, send: Send, chat: ChatCompletionRequest, body: bytes, started: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        chat: ChatCompletionRequest,
+        body: bytes,
+        filters: list[AnswerFilter],
+        started: float,
     ) -> None:
-        """Send the client's body upstream as it came and relay the (filtered) answer."""
+        """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
+        (filtered) answer."""
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
-            response = await model_answer(proxy, chat, body, self.state.answer_filters)
+            response = await model_answer(proxy, chat, body, filters)
             await response(scope, receive, send)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)

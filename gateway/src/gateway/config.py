@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,6 +135,20 @@ class Settings(BaseSettings):
         description="Model behind the FineTuneLLM-compatible POST /chat route (seed 003); a model whose "
         "sampling defaults are that backend's, e.g. 'finetune-chat' from deploy/models.example.yaml.",
     )
+    profiles_file: Path | None = Field(
+        None,
+        description="YAML file of profiles (personas: model, system prompt, knowledge file, sampling, "
+        "reasoning tags, guardrails); see deploy/profiles.yaml. Empty: no profiles. A bad file stops the "
+        "gateway at start.",
+    )
+    cern_profile: str = Field(
+        "cern", min_length=1, description="Profile behind the Cern-compatible POST /api/chat route (seed 000)."
+    )
+    chatqna_model: str = Field(
+        "chatqna",
+        min_length=1,
+        description="Profile id, or else model id, behind the ChatQnA-compatible POST /v1/chatqna route (seed 001).",
+    )
     finetune_sampling: FinetuneSampling = Field(
         default_factory=FinetuneSampling,
         description="Sampling sent with every POST /chat request, as JSON (fields max_tokens, temperature, "
@@ -154,6 +169,11 @@ class Settings(BaseSettings):
                 if not url.startswith(("http://", "https://")):
                     raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
         return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
+
+    @field_validator("profiles_file", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("history_url", "retriever_url")
     @classmethod

@@ -41,6 +41,7 @@ class Conversation:
     """One request with a session (history before it, the exchange stored after it), retrieval
     (passages in its prompt, sources in its answer), or both.
 
+    ``filters`` are the answer filters of this request (default: the app's, ``state.answer_filters``).
     ``reframe`` turns the (filtered) OpenAI events of a streamed answer into the bytes a seed's route
     sends instead (:func:`gateway.compat.finetunellm.reframe_stream`); None sends them as they are.
     ``store_on_arrival`` stores the request's messages as soon as the history is read (so they carry the
@@ -57,13 +58,14 @@ class Conversation:
         retrieval: RetrievalSpec | None,
         query: str | None,
         reframe: Reframe | None,
+        filters: Sequence[AnswerFilter] | None = None,
         store_on_arrival: bool = False,
     ) -> None:
         self.proxy: Proxy = state.proxy
         self.history: HistoryClient = state.history
         self.retriever: RetrieverClient = state.retriever
         self.settings = state.settings
-        self.filters: Sequence[AnswerFilter] = state.answer_filters
+        self.filters: Sequence[AnswerFilter] = state.answer_filters if filters is None else filters
         self.chat = chat
         self.data = data
         self.session = session

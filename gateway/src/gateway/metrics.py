@@ -74,6 +74,12 @@ class GatewayMetrics:
             "Searches for passages that failed because the retriever was unavailable.",
             registry=registry,
         )
+        self.guardrail_decisions = Counter(
+            "gateway_guardrail_decisions",
+            "Guarded answers by profile and decision (passed, blocked: replaced with the fallback message).",
+            ["profile", "decision"],
+            registry=registry,
+        )
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.", registry=registry)
 
         # Labelled children, looked up once per label set (``labels()`` costs a lock and several calls).

@@ -28,7 +28,8 @@ def _proxy(request: Request) -> Proxy:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, object]:
-    return {"object": "list", "data": _proxy(request).registry.cards()}
+    """The services' models, then the configured profiles as virtual models (``owned_by: switchboard-profile``)."""
+    return {"object": "list", "data": [*_proxy(request).registry.cards(), *request.app.state.profiles.cards()]}
 
 
 @router.get("/v1/models/{model:path}")

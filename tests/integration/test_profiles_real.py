@@ -1,0 +1,96 @@
+"""Profiles and the two seed routes on the real bundled model (inference-gguf, llama.cpp) behind the real
+gateway, with the demo profiles that make run ships (deploy/profiles.yaml).
+
+SmolLM2 does not emit ``<think>``: the reasoning split on a thinking model is tested with a scripted
+upstream in tests/gateway/test_profile_routes.py; here thought_process is empty and the answer whole."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.integration.helpers import MODEL, metric
+from tests.llama_reference import RECORDED
+from tests.services import Service
+
+pytestmark = pytest.mark.integration
+
+QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the capital of France?"
+
+
+def test_cern_route_as_the_seed_documents(gateway: Service) -> None:
+    body = {
+        "history": [
+            {"role": "user", "content": "Hello, who are you?"},
+            {"role": "cern", "content": "I'm Cern, a product specialist at Lumen Audio."},
+        ],
+        "user_prompt": "What is the battery life of the Lumen Drift?",
+    }
+    r = httpx.post(f"{gateway.url}/api/chat", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert set(answer) == {"cern_response", "thought_process"}
+    assert isinstance(answer["cern_response"], str) and answer["cern_response"].strip()
+    assert answer["thought_process"] == ""
+    assert "language model" not in answer["cern_response"].lower()
+
+
+def test_chatqna_route_whole_and_streamed(gateway: Service) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "At what time does the shop open?"}],
+        "stream": False,
+        "context": ["The shop opens at 9:00 every weekday."],
+        "meta": {"auth_token": ""},
+    }
+    r = httpx.post(f"{gateway.url}/v1/chatqna", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["model"] == "chatqna" and answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["role"] == "assistant" and answer["choices"][0]["message"]["content"]
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    assert answer["usage"]["prompt_tokens"] > 0
+    with httpx.stream("POST", f"{gateway.url}/v1/chatqna", json={**body, "stream": True}, timeout=120) as s:
+        assert s.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    assert {c["model"] for c in chunks} == {"chatqna"}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]).strip()
+
+
+def test_health_is_the_seeds(gateway: Service) -> None:
+    assert httpx.get(f"{gateway.url}/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_profile_as_a_model_through_the_sdk(client: openai.OpenAI) -> None:
+    assert {"cern", "chatqna", "no-paris"} <= {m.id for m in client.models.list().data}
+    parts = list(
+        client.chat.completions.create(
+            model="cern", messages=[{"role": "user", "content": "How long is the warranty?"}], stream=True
+        )
+    )
+    assert {p.model for p in parts} == {"cern"}
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices).strip()
+
+
+def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Service) -> None:
+    plain = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=24,
+    )
+    assert "paris" in (plain.choices[0].message.content or "").lower()  # what the guardrail is up against
+    before = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
+    whole = client.chat.completions.create(model="no-paris", messages=[{"role": "user", "content": QUESTION}])
+    assert whole.choices[0].message.content == "I cannot name that city."
+    assert whole.choices[0].finish_reason == "content_filter"
+    parts = list(
+        client.chat.completions.create(model="no-paris", messages=[{"role": "user", "content": QUESTION}], stream=True)
+    )
+    text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+    assert "paris" not in text.lower() and text.endswith("I cannot name that city.")
+    after = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
+    assert after - before == 2
