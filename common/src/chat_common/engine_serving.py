@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
@@ -347,7 +347,7 @@ def _pick(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _reason(event: Finished) -> str:
+def _reason(event: Finished) -> Literal["stop", "length"]:
     # "cancelled" never reaches a client: nobody is listening any more.
     return "length" if event.finish_reason == "length" else "stop"
 

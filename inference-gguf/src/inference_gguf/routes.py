@@ -32,13 +32,15 @@ async def list_models(request: Request) -> ModelList:
     cards = []
     for model_id, engine in _serving(request).engines.items():
         cards.append(
-            ModelCard(
-                id=model_id,
-                owned_by=SERVICE,
-                context_length=engine.n_ctx if engine.loaded else None,
-                loaded=engine.loaded,
+            ModelCard.model_validate(
+                {
+                    "id": model_id,
+                    "owned_by": SERVICE,
+                    "context_length": engine.n_ctx if engine.loaded else None,
+                    "loaded": engine.loaded,
+                }
             )
-        )  # type: ignore[call-arg]
+        )
     return ModelList(data=cards)
 
 

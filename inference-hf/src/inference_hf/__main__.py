@@ -41,7 +41,7 @@ def _quiet_libraries() -> None:
     tqdm bars (loading weights) are off; GGUF preparation logs its progress instead."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
 

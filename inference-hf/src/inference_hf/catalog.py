@@ -130,8 +130,8 @@ def load_catalog(settings: Settings) -> list[ModelSpec]:
             raise CatalogError(f"invalid models config {path}: {exc}") from exc
         base = path.parent
         for spec in specs:  # relative paths are relative to the config file
-            if spec.gguf not in (None, BUNDLED) and not Path(spec.gguf).is_absolute():  # type: ignore[arg-type]
-                spec.gguf = str(base / spec.gguf)  # type: ignore[operator]
+            if spec.gguf not in (None, BUNDLED) and not Path(spec.gguf).is_absolute():
+                spec.gguf = str(base / spec.gguf)
             if spec.source is not None and spec.source.startswith(("./", "../")):
                 spec.source = str((base / spec.source).resolve())
     seen: set[str] = set()

@@ -333,7 +333,8 @@ class _CausalBatch:
         self.cache = out.past_key_values
         self.mask = mask
         self.positions = self.positions + 1
-        return out.logits[:, -1, :]
+        last: torch.Tensor = out.logits[:, -1, :]
+        return last
 
     def keep(self, indices: list[int]) -> None:
         index = torch.tensor(indices, device=self.mask.device)
@@ -396,7 +397,8 @@ class _Seq2SeqBatch:
             use_cache=True,
         )
         self.cache = out.past_key_values
-        return out.logits[:, -1, :]
+        last: torch.Tensor = out.logits[:, -1, :]
+        return last
 
     def keep(self, indices: list[int]) -> None:
         index = torch.tensor(indices, device=self.encoder_mask.device)
@@ -553,14 +555,14 @@ class HFEngine:
         if quantization == "4bit":
             opts = spec.bnb_4bit
             compute = dtype if opts.compute_dtype == "auto" else _DTYPES[opts.compute_dtype]
-            kwargs["quantization_config"] = BitsAndBytesConfig(
+            kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
                 load_in_4bit=True,
                 bnb_4bit_quant_type=opts.quant_type,
                 bnb_4bit_use_double_quant=opts.double_quant,
                 bnb_4bit_compute_dtype=compute,
             )
         elif quantization == "8bit":
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
         kwargs["device_map"] = {"": device}  # straight onto the device, without a full copy in CPU memory first
         cls = AutoModelForSeq2SeqLM if is_ed else AutoModelForCausalLM
         model = cls.from_pretrained(location, **kwargs)

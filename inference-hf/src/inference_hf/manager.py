@@ -259,7 +259,7 @@ class ModelManager:
             state.load_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         # A client that goes away does not cancel the load others may be waiting for.
         await asyncio.shield(state.load_task)
-        if state.status != "loaded":
+        if state.status != "loaded":  # type: ignore[comparison-overlap]  # the load task changed it meanwhile
             raise APIError(
                 503, f"The model '{state.spec.id}' could not be loaded: {state.error}", code="model_load_failed"
             )

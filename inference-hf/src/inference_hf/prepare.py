@@ -185,11 +185,11 @@ def _tensor_progress(progress: Progress) -> Iterator[None]:
         progress("converting tensors", len(items), len(items))
 
     with _patch_lock:
-        gguf_utils.tqdm = counting
+        gguf_utils.tqdm = counting  # type: ignore[attr-defined,assignment]  # patched for the conversion only
         try:
             yield
         finally:
-            gguf_utils.tqdm = original
+            gguf_utils.tqdm = original  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -198,12 +198,12 @@ def _quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 class _Bar:
