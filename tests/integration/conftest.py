@@ -107,18 +107,19 @@ def retriever(logs: Path) -> Iterator[Service]:
 
 @pytest.fixture(scope="session")
 def profiles_file(logs: Path) -> Path:
-    """The demo profiles of make run (deploy/profiles.yaml), and 'no-paris', whose guardrail bans the
-    answer the bundled model gives to "Which city is the capital of France?"."""
+    """The demo profiles of make run (deploy/profiles.yaml), and 'no-france', whose guardrail bans a
+    word the bundled model's greedy answer to "Which city is the capital of France?" holds on every CPU seen
+    (the rest of that answer depends on the CPU's kernels: README, quick start)."""
     demo = yaml.safe_load((ROOT / "deploy" / "profiles.yaml").read_text())
     for profile in demo["profiles"]:
         if profile.get("knowledge_file"):
             profile["knowledge_file"] = str((ROOT / "deploy" / profile["knowledge_file"]).resolve())
     demo["profiles"].append(
         {
-            "id": "no-paris",
+            "id": "no-france",
             "model": MODEL,
             "sampling": {"temperature": 0, "max_tokens": 24},
-            "guardrails": {"banned": ["paris"], "fallback": "I cannot name that city."},
+            "guardrails": {"banned": ["france"], "fallback": "I cannot talk about that country."},
         }
     )
     path = logs / "profiles.yaml"

@@ -65,7 +65,7 @@ def test_health_is_the_seeds(gateway: Service) -> None:
 
 
 def test_profile_as_a_model_through_the_sdk(client: openai.OpenAI) -> None:
-    assert {"cern", "chatqna", "no-paris"} <= {m.id for m in client.models.list().data}
+    assert {"cern", "chatqna", "no-france"} <= {m.id for m in client.models.list().data}
     parts = list(
         client.chat.completions.create(
             model="cern", messages=[{"role": "user", "content": "How long is the warranty?"}], stream=True
@@ -82,15 +82,15 @@ def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Serv
         temperature=0,
         max_tokens=24,
     )
-    assert "paris" in (plain.choices[0].message.content or "").lower()  # what the guardrail is up against
-    before = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
-    whole = client.chat.completions.create(model="no-paris", messages=[{"role": "user", "content": QUESTION}])
-    assert whole.choices[0].message.content == "I cannot name that city."
+    assert "france" in (plain.choices[0].message.content or "").lower()  # what the guardrail is up against
+    before = metric(gateway, "gateway_guardrail_decisions_total", profile="no-france", decision="blocked")
+    whole = client.chat.completions.create(model="no-france", messages=[{"role": "user", "content": QUESTION}])
+    assert whole.choices[0].message.content == "I cannot talk about that country."
     assert whole.choices[0].finish_reason == "content_filter"
     parts = list(
-        client.chat.completions.create(model="no-paris", messages=[{"role": "user", "content": QUESTION}], stream=True)
+        client.chat.completions.create(model="no-france", messages=[{"role": "user", "content": QUESTION}], stream=True)
     )
     text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
-    assert "paris" not in text.lower() and text.endswith("I cannot name that city.")
-    after = metric(gateway, "gateway_guardrail_decisions_total", profile="no-paris", decision="blocked")
+    assert "france" not in text.lower() and text.endswith("I cannot talk about that country.")
+    after = metric(gateway, "gateway_guardrail_decisions_total", profile="no-france", decision="blocked")
     assert after - before == 2
