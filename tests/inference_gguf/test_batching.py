@@ -21,6 +21,7 @@ from chat_common.generation import EngineEvent, Finished, SamplingParams, Sequen
 from inference_gguf.engine import LlamaEngine
 from inference_gguf.structured import GrammarSequence, grammar_for
 from tests.llama_reference import RECORDED, llama_cpp_answers
+from tests.sampling import greedy
 
 SLOTS = 4
 
@@ -54,20 +55,6 @@ def engine() -> Iterator[LlamaEngine]:
     engine.load()
     yield engine
     engine.close()
-
-
-def _params(max_tokens: int, **kw: object) -> SamplingParams:
-    base = dict(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=40,
-        min_p=0.05,
-        repeat_penalty=1.0,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
-        max_tokens=max_tokens,
-    )
-    return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -105,7 +92,7 @@ def test_concurrent_greedy_answers_are_llama_cpps_single_answers(engine: LlamaEn
     every answer is token for token what llama.cpp answers to it alone."""
     cases, live = RECORDED["cases"], llama_cpp_answers()
     shared_before = engine.stats.shared_steps
-    results = _together(engine, [(engine.tokenize(engine.render(c["messages"])), _params(60)) for c in cases])
+    results = _together(engine, [(engine.tokenize(engine.render(c["messages"])), greedy(60)) for c in cases])
     assert engine.stats.shared_steps - shared_before >= 5  # several generated tokens per step, not one by one
     for (text, finished), reference in zip(results, live, strict=True):
         assert text == reference["content"]
@@ -116,22 +103,22 @@ def test_concurrent_greedy_answers_are_llama_cpps_single_answers(engine: LlamaEn
 def test_limits_stops_penalties_and_seeds_are_per_sequence(engine: LlamaEngine) -> None:
     """Each request keeps its own sampling while batched: the same answers as alone, request by request."""
     story, sea = _prompt(engine, "Tell me a story about a fox."), _prompt(engine, "Describe the sea.")
-    whole, _ = _together(engine, [(sea, _params(40))])[0]
+    whole, _ = _together(engine, [(sea, greedy(40))])[0]
     stop = whole.split()[len(whole.split()) // 2]
     requests = [
-        (story, _params(3)),  # cut by max_tokens
-        (sea, _params(40, stop=(stop,))),  # cut by its stop sequence
-        (story, _params(30, repeat_penalty=1.5, frequency_penalty=0.5)),  # penalties, native chain
-        (story, _params(30, temperature=1.0, seed=77)),  # seeded draw
+        (story, greedy(3)),  # cut by max_tokens
+        (sea, greedy(40, stop=(stop,))),  # cut by its stop sequence
+        (story, greedy(30, repeat_penalty=1.5, frequency_penalty=0.5)),  # penalties, native chain
+        (story, greedy(30, temperature=1.0, seed=77)),  # seeded draw
     ]
     alone = [_together(engine, [r])[0] for r in requests]
     together = _together(engine, requests)
     assert together == alone
     assert (alone[0][1].finish_reason, alone[0][1].completion_tokens) == ("length", 3)
     assert alone[1][0] == whole[: whole.index(stop)] and alone[1][1].finish_reason == "stop"
-    greedy, _ = _together(engine, [(story, _params(30))])[0]
-    assert alone[2][0] != greedy  # the penalties did change the answer
-    assert alone[3][0] != greedy  # and so did the draw
+    plain, _ = _together(engine, [(story, greedy(30))])[0]
+    assert alone[2][0] != plain  # the penalties did change the answer
+    assert alone[3][0] != plain  # and so did the draw
 
 
 def test_a_cancelled_sequence_frees_its_slot_for_the_next_step(engine: LlamaEngine) -> None:
@@ -154,12 +141,12 @@ def test_a_cancelled_sequence_frees_its_slot_for_the_next_step(engine: LlamaEngi
             joined_at.append(engine.stats.steps)
             done.set()
 
-    first = Sequence(long, _params(2000, ignore_eos=True), first_sink)
-    others = [Sequence(long, _params(2000, ignore_eos=True), lambda e: None) for _ in range(SLOTS - 1)]
+    first = Sequence(long, greedy(2000, ignore_eos=True), first_sink)
+    others = [Sequence(long, greedy(2000, ignore_eos=True), lambda e: None) for _ in range(SLOTS - 1)]
     engine.submit(first)
     for seq in others:
         engine.submit(seq)
-    waiting = Sequence(_prompt(engine, "Say hi."), _params(2000, ignore_eos=True), waiting_sink)
+    waiting = Sequence(_prompt(engine, "Say hi."), greedy(2000, ignore_eos=True), waiting_sink)
     engine.submit(waiting)  # every slot is busy: it waits in the queue
     try:
         assert done.wait(120)
@@ -201,10 +188,10 @@ def test_a_long_prompt_is_spread_over_steps_while_others_generate(engine: LlamaE
             generating.events.put(event)
             first_token.set()
 
-        small.submit(Sequence(short, _params(60, ignore_eos=True), sink))
+        small.submit(Sequence(short, greedy(60, ignore_eos=True), sink))
         assert first_token.wait(60)
         steps, shared = small.stats.steps, small.stats.batch_tokens
-        late = _submit(small, long, _params(20))
+        late = _submit(small, long, greedy(20))
         late_answer, short_answer = late.result(), generating.result()
         assert small.stats.batch_tokens - shared >= len(long)
         assert small.stats.steps - steps >= len(long) // 64  # the prompt took several steps...
@@ -213,7 +200,7 @@ def test_a_long_prompt_is_spread_over_steps_while_others_generate(engine: LlamaE
         # over steps in 63-token chunks beside a generating sequence ended differently here than alone ("floor
         # 1, which is booked." against "floor 1."); alone in 63-token chunks, or in one 512-token chunk beside
         # a generating sequence (n_batch 2048, the default), it matches (checked by hand, 2026-12-04).
-        assert short_answer == _together(small, [(short, _params(60, ignore_eos=True))])[0]
+        assert short_answer == _together(small, [(short, greedy(60, ignore_eos=True))])[0]
         assert late_answer[1].prompt_tokens == len(long) and late_answer[0]
     finally:
         small.close()
@@ -237,7 +224,7 @@ def test_many_requests_with_cancels_all_end_once_and_free_every_slot(engine: Lla
         return sink
 
     for i, tokens in enumerate(prompts):
-        seqs.append(Sequence(tokens, _params(12, ignore_eos=True), sink_for(i)))
+        seqs.append(Sequence(tokens, greedy(12, ignore_eos=True), sink_for(i)))
         engine.submit(seqs[-1])
         if i % 3 == 2:
             seqs[i - (i % 6 == 5)].cancel()  # the one just submitted (still waiting) or the one before it
@@ -256,16 +243,16 @@ def test_many_requests_with_cancels_all_end_once_and_free_every_slot(engine: Lla
 def test_a_sessions_next_turn_evaluates_only_the_new_tokens(engine: LlamaEngine) -> None:
     first = [{"role": "user", "content": "My name is Ada. Remember it."}]
     turn1 = engine.tokenize(engine.render(first))
-    answer, _ = _together(engine, [(turn1, _params(24))])[0]
+    answer, _ = _together(engine, [(turn1, greedy(24))])[0]
     second = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "What is my name?"}]
     turn2 = engine.tokenize(engine.render(second))
     reused, evaluated = engine.stats.prompt_reused, engine.stats.prompt_evaluated
-    reply = _together(engine, [(turn2, _params(24))])[0]
+    reply = _together(engine, [(turn2, greedy(24))])[0]
     reused, evaluated = engine.stats.prompt_reused - reused, engine.stats.prompt_evaluated - evaluated
     assert reused >= len(turn1)  # the whole first turn came from the slot's cache
     assert reused + evaluated == len(turn2) and evaluated < len(turn2) - len(turn1)
     # the same prompt once more, twice at once: one slot holds it all, another only the system prompt
-    again = _together(engine, [(turn2, _params(24)), (turn2, _params(24))])
+    again = _together(engine, [(turn2, greedy(24)), (turn2, greedy(24))])
     assert again == [reply, reply]
 
 
@@ -282,16 +269,16 @@ def test_response_format_constrains_only_its_own_sequence(engine: LlamaEngine) -
     answer JSON that parses (the first with exactly the schema's fields and types), the third is the same
     free text it is alone."""
     question = _prompt(engine, "Reply with a JSON object with the keys name and age for Ada, 36.")
-    free_alone = _together(engine, [(question, _params(48))])[0]
+    free_alone = _together(engine, [(question, greedy(48))])[0]
     schema_grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}})
     object_grammar = grammar_for({"type": "json_object"})
     assert schema_grammar and object_grammar and engine.grammar_compiles(schema_grammar)
     runs = []
     for grammar in (schema_grammar, object_grammar):
         run = _Run()
-        engine.submit(GrammarSequence(question, _params(200), run.events.put, grammar=grammar))
+        engine.submit(GrammarSequence(question, greedy(200), run.events.put, grammar=grammar))
         runs.append(run)
-    free = _submit(engine, question, _params(48))
+    free = _submit(engine, question, greedy(48))
     (by_schema, f1), (as_object, f2), free_together = runs[0].result(), runs[1].result(), free.result()
     assert (f1.finish_reason, f2.finish_reason) == ("stop", "stop")  # the grammar ended them, not max_tokens
     person = json.loads(by_schema)
@@ -342,9 +329,9 @@ def test_all_layers_on_the_gpu_batch_alike() -> None:
     gpu.load()
     try:
         prompts = [_prompt(gpu, c["messages"][0]["content"]) for c in RECORDED["cases"]]
-        alone = [_together(gpu, [(p, _params(40))])[0] for p in prompts]
+        alone = [_together(gpu, [(p, greedy(40))])[0] for p in prompts]
         shared = gpu.stats.shared_steps
-        assert _together(gpu, [(p, _params(40)) for p in prompts]) == alone
+        assert _together(gpu, [(p, greedy(40)) for p in prompts]) == alone
         assert gpu.stats.shared_steps > shared
     finally:
         gpu.close()

@@ -19,6 +19,7 @@ from chat_common.bundled import bundled_gguf_path
 from chat_common.generation import EngineBusy, EngineEvent, Finished, SamplingParams, Sequence, TextDelta
 from inference_gguf.engine import LlamaEngine
 from tests.llama_reference import RECORDED, llama_cpp_answers
+from tests.sampling import greedy
 
 
 class _Observer:
@@ -58,20 +59,6 @@ def engine() -> Iterator[LlamaEngine]:
     engine.close()
 
 
-def _greedy(max_tokens: int, **kw: object) -> SamplingParams:
-    base = dict(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=40,
-        min_p=0.05,
-        repeat_penalty=1.0,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
-        max_tokens=max_tokens,
-    )
-    return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
-
-
 def _run(engine: LlamaEngine, tokens: list[int], params: SamplingParams) -> tuple[str, Finished]:
     events: queue.Queue[EngineEvent] = queue.Queue()
     engine.submit(Sequence(tokens, params, events.put))
@@ -98,7 +85,7 @@ def test_prompt_matches_llama_server_and_greedy_answer_matches_llama_cpp(engine:
     assert prompt == case["prompt"]  # the GGUF's own template, default system prompt included
     tokens = engine.tokenize(prompt)
     assert len(tokens) == case["usage"]["prompt_tokens"] == live["usage"]["prompt_tokens"]
-    text, finished = _run(engine, tokens, _greedy(RECORDED["max_tokens"]))
+    text, finished = _run(engine, tokens, greedy(RECORDED["max_tokens"]))
     assert text == live["content"]
     assert finished.completion_tokens == live["usage"]["completion_tokens"]
     assert finished.finish_reason == live["finish_reason"]
@@ -106,19 +93,19 @@ def test_prompt_matches_llama_server_and_greedy_answer_matches_llama_cpp(engine:
 
 def test_max_tokens_and_stop_sequences(engine: LlamaEngine) -> None:
     tokens = engine.tokenize(engine.render([{"role": "user", "content": "What is 2+2?"}]))
-    text, finished = _run(engine, tokens, _greedy(3))
+    text, finished = _run(engine, tokens, greedy(3))
     assert (finished.finish_reason, finished.completion_tokens) == ("length", 3)
-    whole, _ = _run(engine, tokens, _greedy(60))
+    whole, _ = _run(engine, tokens, greedy(60))
     words = whole.split()
     stop = words[len(words) // 2]  # a word from the middle of the greedy answer; it stops at its first occurrence
-    text, finished = _run(engine, tokens, _greedy(60, stop=(stop, "never said")))
+    text, finished = _run(engine, tokens, greedy(60, stop=(stop, "never said")))
     assert (text, finished.finish_reason) == (whole[: whole.index(stop)], "stop")
     assert 0 < len(text) < len(whole)
 
 
 def test_same_seed_same_sample(engine: LlamaEngine) -> None:
     tokens = engine.tokenize(engine.render([{"role": "user", "content": "Tell me a story."}]))
-    params = _greedy(20, temperature=1.0, seed=1234)
+    params = greedy(20, temperature=1.0, seed=1234)
     assert _run(engine, tokens, params)[0] == _run(engine, tokens, params)[0]
 
 
@@ -136,7 +123,7 @@ def test_cancel_stops_before_the_next_token(engine: LlamaEngine) -> None:
                 seq.cancel()  # on the engine thread, between two tokens
                 seen.set()
 
-    seq = Sequence(tokens, _greedy(2000, ignore_eos=True), sink)
+    seq = Sequence(tokens, greedy(2000, ignore_eos=True), sink)
     engine.submit(seq)
     while not isinstance(event := events.get(timeout=120), Finished):
         pass
@@ -154,13 +141,13 @@ def test_full_queue_is_refused(engine: LlamaEngine) -> None:
         running_started.set()
         done.put(event)
 
-    running = Sequence(tokens, _greedy(2000, ignore_eos=True), first_sink)
+    running = Sequence(tokens, greedy(2000, ignore_eos=True), first_sink)
     engine.submit(running)
     assert running_started.wait(60)
-    waiting = Sequence(tokens, _greedy(1), lambda e: done.put(e))
+    waiting = Sequence(tokens, greedy(1), lambda e: done.put(e))
     engine.submit(waiting)  # max_queue=1: one may wait
     with pytest.raises(EngineBusy):
-        engine.submit(Sequence(tokens, _greedy(1), lambda e: None))
+        engine.submit(Sequence(tokens, greedy(1), lambda e: None))
     running.cancel()
     waiting.cancel()
     reasons = []

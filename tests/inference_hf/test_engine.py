@@ -15,20 +15,7 @@ import pytest
 from chat_common.generation import EngineBusy, EngineEvent, Failed, Finished, SamplingParams, Sequence, TextDelta
 from inference_hf.engine import EngineStats
 from tests.inference_hf.conftest import Service
-
-
-def greedy(max_tokens: int, **kw: object) -> SamplingParams:
-    base = dict(
-        temperature=0.0,
-        top_p=1.0,
-        top_k=40,
-        min_p=0.05,
-        repeat_penalty=1.0,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
-        max_tokens=max_tokens,
-    )
-    return SamplingParams(**{**base, **kw})  # type: ignore[arg-type]
+from tests.sampling import greedy
 
 
 class Collector:

@@ -14,7 +14,7 @@ import pytest
 from chat_common.generation import EngineEvent, Finished, Sequence, TextDelta
 from inference_hf.catalog import Bnb4bit, ModelSpec
 from inference_hf.engine import HFEngine
-from tests.inference_hf.test_engine import greedy
+from tests.sampling import greedy
 
 
 class _Quiet:
