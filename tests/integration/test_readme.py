@@ -30,7 +30,11 @@ def test_the_readme_has_python_examples_that_use_the_documented_url() -> None:
 
 def test_the_readme_python_examples_run_to_completion(gateway: Service) -> None:
     # One script, in the README's order: later examples use the client the first one made.
-    script = "\n\n".join(python_blocks()).replace(DOCUMENTED_URL, gateway.url)
+    timed = [
+        f"_t = time.monotonic()\n{block}\nprint(f'[example {i} took {{time.monotonic() - _t:.1f}} s]')"
+        for i, block in enumerate(python_blocks())
+    ]
+    script = "import time\n" + "\n\n".join(timed).replace(DOCUMENTED_URL, gateway.url)
     done = subprocess.run(
         [sys.executable, "-c", script + "\nprint('\\nREADME-EXAMPLES-DONE')"],
         capture_output=True,
@@ -38,6 +42,7 @@ def test_the_readme_python_examples_run_to_completion(gateway: Service) -> None:
         timeout=600,
         cwd=ROOT,
     )
+    print(done.stdout)  # with -s: what each example printed and how long it took
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("README-EXAMPLES-DONE")
     # The retrieval example prints the titles of the knowledge-base articles it used.
