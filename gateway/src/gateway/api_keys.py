@@ -12,17 +12,19 @@ of it. Layout, under the ``GATEWAY_REDIS_PREFIX`` (``switchboard:``):
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-__all__ = ["ApiKey", "KeyStore", "digest", "new_secret"]
+__all__ = ["ApiKey", "KeyStore", "digest", "new_secret", "parse_expiry"]
 
 SECRET_PREFIX = "sk-"
 
@@ -58,6 +60,31 @@ def digest(secret: str) -> str:
 def new_secret() -> str:
     """A fresh secret: ``sk-`` and 43 URL-safe characters (256 random bits)."""
     return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_expiry(text: str, now: float | None = None) -> float:
+    """Unix seconds from ``30d`` / ``12h`` / ``90m`` (from now), an ISO date or date-time (UTC unless it
+    says otherwise), or Unix seconds. Raises ValueError with what is accepted."""
+    text = text.strip()
+    duration = _DURATION.match(text)
+    if duration:
+        return (time.time() if now is None else now) + float(duration[1]) * _SECONDS[duration[2]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not an expiry: use a duration (30d, 12h, 90m), an ISO date (2027-01-31 or "
+            "2027-01-31T12:00:00+00:00) or Unix seconds"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _optional_int(raw: bytes | None) -> int | None:

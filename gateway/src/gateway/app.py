@@ -18,13 +18,14 @@ from starlette.types import Receive, Scope, Send
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from gateway.answer import AnswerFilter
-from gateway.api_keys import KeyStore
+from gateway.api_keys import ApiKey, KeyStore
 from gateway.auth import Authentication
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings, is_loopback
 from gateway.discovery import make_resolver
 from gateway.history import HistoryClient
+from gateway.keys_file import load_keys_file, seed_keys
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
 from gateway.profiles import load_profiles
@@ -55,6 +56,12 @@ def create_app(settings: Settings) -> FastAPI:
             )
             app.state.redis = redis = await stack.enter_async_context(open_redis(settings))
             app.state.api_keys = KeyStore(redis, settings.redis_prefix) if redis is not None else None
+            if app.state.api_keys is not None and file_keys is not None:
+                try:
+                    await seed_keys(app.state.api_keys, file_keys)
+                except REDIS_ERRORS as exc:
+                    seeder = asyncio.create_task(_seed_until_done(app.state.api_keys, file_keys, exc))
+                    stack.callback(seeder.cancel)
             await _warn_about_auth(settings, app.state.api_keys)
             resolver = make_resolver(settings.dns_nameservers)
             registry = Registry(
@@ -82,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
                     await refresher
                 await resolver.close()
 
+    # KeysFileError: the gateway does not start
+    file_keys = load_keys_file(settings.api_keys_file) if settings.api_keys_file is not None else None
     # /docs and /redoc load their scripts from the gateway itself (fastapi-offline ships them): no CDN.
     app = FastAPIOffline(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -97,6 +106,18 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(compat_router)
     app.include_router(model_admin_router)
     return app
+
+
+async def _seed_until_done(store: KeyStore, keys: list[tuple[ApiKey, str]], error: Exception) -> None:
+    """The keys file into Redis once it answers: retried every 2 s."""
+    while True:
+        logger.warning("auth: the keys of GATEWAY_API_KEYS_FILE wait for Redis (%s); retrying in 2 s", error)
+        await asyncio.sleep(2)
+        try:
+            await seed_keys(store, keys)
+            return
+        except REDIS_ERRORS as exc:
+            error = exc
 
 
 async def _warn_about_auth(settings: Settings, keys: KeyStore | None) -> None:

@@ -177,19 +177,28 @@ class Settings(BaseSettings):
         "auto",
         description="API keys: 'on' every route but /health, /ready, /metrics and the docs needs a key "
         "(Authorization: Bearer sk-... or x-api-key), 'off' none does, 'auto' is off on a loopback "
-        "GATEWAY_HOST (127.0.0.1, ::1, localhost) and on for any other bind. On needs GATEWAY_REDIS_URL.",
+        "GATEWAY_HOST (127.0.0.1, ::1, localhost) without GATEWAY_API_KEYS_FILE, on otherwise. On needs "
+        "GATEWAY_REDIS_URL.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="YAML file of API keys (name, sha256 or secret, models, rpm, tpm, expires) put into Redis "
+        "at every start, for simple setups; see gateway/src/gateway/keys_file.py. Setting it turns "
+        "GATEWAY_AUTH=auto on. A bad file stops the gateway at start.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @property
     def auth_enabled(self) -> bool:
         """Whether requests need an API key: ``auth``, with 'auto' resolved from the bind address."""
-        return self.auth == "on" or (self.auth == "auto" and not is_loopback(self.host))
+        if self.auth == "auto":
+            return not is_loopback(self.host) or self.api_keys_file is not None
+        return self.auth == "on"
 
     @model_validator(mode="after")
     def _auth_needs_redis(self) -> Settings:
         if self.auth_enabled and self.redis_url is None:
-            why = "GATEWAY_AUTH=on" if self.auth == "on" else f"GATEWAY_AUTH=auto on the bind {self.host}"
+            why = "GATEWAY_AUTH=on" if self.auth == "on" else f"GATEWAY_AUTH=auto (bind {self.host}, keys file)"
             raise ValueError(
                 f"{why} needs API keys, which live in Redis, but GATEWAY_REDIS_URL is empty. Set "
                 "GATEWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or bind 127.0.0.1, or set GATEWAY_AUTH=off "
@@ -210,7 +219,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
         return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
 
-    @field_validator("profiles_file", mode="before")
+    @field_validator("profiles_file", "api_keys_file", mode="before")
     @classmethod
     def _optional_path(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
