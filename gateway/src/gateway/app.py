@@ -23,6 +23,7 @@ from gateway.auth import Authentication
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings, is_loopback
+from gateway.cors import with_cors
 from gateway.discovery import make_resolver
 from gateway.history import HistoryClient
 from gateway.keys_file import load_keys_file, seed_keys
@@ -158,7 +159,8 @@ class Gateway:
     dependency solving) cost about a third of the streaming throughput, so chat requests skip them.
     ``api`` is the FastAPI app: its lifespan starts the upstream client and its ``state`` holds it.
 
-    The stack, outermost first: request context (request id, access line), then admission
+    The stack, outermost first: request context (request id, access line), CORS when configured
+    (:mod:`gateway.cors`: preflights answered before any key is asked for), then admission
     (authentication, :class:`gateway.auth.Authentication`; rate limits go beside it), then the routes
     (chat hot path, then FastAPI). Every request passes admission, chat or not, before any body is
     read, and a refusal it renders still carries the request id and gets its access line.
@@ -168,7 +170,7 @@ class Gateway:
         self.api = create_app(settings)
         routes = ChatRoutes(self.api, state=self.api.state)
         admission = Authentication(routes, state=self.api.state, enabled=settings.auth_enabled)
-        self._stack = RequestContextMiddleware(admission)
+        self._stack = RequestContextMiddleware(with_cors(admission, settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)

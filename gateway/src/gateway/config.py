@@ -186,6 +186,26 @@ class Settings(BaseSettings):
         "at every start, for simple setups; see gateway/src/gateway/keys_file.py. Setting it turns "
         "GATEWAY_AUTH=auto on. A bad file stops the gateway at start.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the gateway (CORS), as a JSON list, e.g. "
+        '["https://chat.example.com"]; ["*"] allows any. Empty: CORS is off (no CORS headers, no preflight).',
+    )
+    cors_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST", "DELETE"],
+        description="HTTP methods a browser may use cross-origin (JSON list), when GATEWAY_CORS_ORIGINS is set.",
+    )
+    cors_headers: list[str] = Field(
+        default_factory=lambda: [
+            "Authorization",
+            "Content-Type",
+            "X-API-Key",
+            "X-Request-ID",
+            "X-Session-ID",
+            "X-Switchboard-Profile",
+        ],
+        description="Request headers a browser may send cross-origin (JSON list), when GATEWAY_CORS_ORIGINS is set.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @property
@@ -223,6 +243,14 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_path(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"'{origin}' is not an origin (scheme://host[:port], or *)")
+        return [origin.rstrip("/") for origin in value]
 
     @field_validator("redis_url")
     @classmethod
