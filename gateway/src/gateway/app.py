@@ -29,6 +29,7 @@ from gateway.history import HistoryClient
 from gateway.keys_file import load_keys_file, seed_keys
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
+from gateway.openapi import install_openapi
 from gateway.profiles import load_profiles
 from gateway.proxy import Proxy
 from gateway.redis_state import REDIS_ERRORS, open_redis
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     for compat_router in COMPAT_ROUTERS:
         app.include_router(compat_router)
     app.include_router(model_admin_router)
+    install_openapi(app, auth=settings.auth_enabled)  # + the chat hot path's routes and the API key schemes
     return app
 
 
