@@ -11,6 +11,7 @@ services do, with the same code (:class:`chat_common.answer_filter.StreamShaper`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 from typing import Any
 
@@ -22,9 +23,11 @@ from chat_common.answer_filter import FILTER_FIELD, FILTER_HEADER, FILTER_VERSIO
 MODEL = "fake-model"
 
 
-def build_app(chunks: int, think: int = 0, model: str = MODEL, answer_filter: bool = False) -> Any:
+def build_app(chunks: int, think: int = 0, model: str = MODEL, answer_filter: bool = False, pace_s: float = 0.0) -> Any:
     """``think`` > 0: a streamed answer's first ``think`` chunks are reasoning, between <think> tags.
-    ``answer_filter``: apply a request's ``switchboard_filter`` (and say so in the model card)."""
+    ``answer_filter``: apply a request's ``switchboard_filter`` (and say so in the model card).
+    ``pace_s`` > 0: that long between a stream's events, as a model decoding token by token (each event
+    then reaches the gateway on its own instead of several at once)."""
     card: dict[str, Any] = {"id": model, "object": "model", "created": 0, "owned_by": "fake-upstream"}
     card["context_length"] = 4096
     if answer_filter:
@@ -109,6 +112,8 @@ def build_app(chunks: int, think: int = 0, model: str = MODEL, answer_filter: bo
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             for event in answer:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
+                if pace_s:
+                    await asyncio.sleep(pace_s)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         elif path == "/v1/chat/completions":
             await _send(send, 200, b"application/json", completion)
@@ -140,9 +145,10 @@ def main() -> None:
     parser.add_argument("--think", type=int, default=0, help="streamed chunks of reasoning, in <think> tags")
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--filter", action="store_true", help="apply a pushed-down answer filter")
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="milliseconds between a stream's events")
     args = parser.parse_args()
     uvicorn.run(
-        build_app(args.chunks, args.think, args.model, args.filter),
+        build_app(args.chunks, args.think, args.model, args.filter, args.pace_ms / 1000),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

@@ -173,13 +173,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="streamed answers per pass")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--chunks", type=int, default=64, help="content chunks per streamed answer")
+    parser.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds between the fake model's events (0: all at once; a model decodes one token per event)",
+    )
     parser.add_argument("--no-decode", action="store_true", help="skip the llama.cpp decoding comparison")
     args = parser.parse_args()
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         (logs / "profiles.yaml").write_text(PROFILES)
         up_port, legacy_port, gw_port = free_port(), free_port(), free_port()
-        answer = ["--chunks", str(args.chunks), "--think", str(args.chunks // 4)]
+        answer = ["--chunks", str(args.chunks), "--think", str(args.chunks // 4), "--pace-ms", str(args.pace_ms)]
         fake = start_service(
             "fake-upstream",
             ["bench/fake_upstream.py", "--port", str(up_port), *answer, "--filter"],
@@ -225,7 +231,7 @@ def main() -> None:
     print(describe())
     print(
         f"{args.rounds} rounds x {args.requests} streamed answers of {args.chunks} chunks, "
-        f"concurrency {args.concurrency}"
+        f"concurrency {args.concurrency}, {args.pace_ms:g} ms between the model's events"
     )
     for model, label in PASSES.items():
         rounds = ", ".join(f"{v * 1e3:.3f}" for v in per_answer[model])
