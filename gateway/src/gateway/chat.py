@@ -88,8 +88,11 @@ class ChatRoutes:
                 # The key's allow-list names what clients name: a profile (virtual model) or a model.
                 allow_model(scope, profile.id if profile is not None else chat.model)
                 if answer_as is not None:
+                    # The profile's filter is the first: it shapes the model's own answer, upstream or here.
+                    profile_filter = ProfileFilter(profile, answer_as, self.state.proxy.metrics)
+                    data = profile_filter.request(data, self.state.proxy.registry)
                     body = orjson.dumps(data)
-                    filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
+                    filters.insert(0, profile_filter)
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:

@@ -82,9 +82,9 @@ async def chat(request: Request) -> Response:
     body = profile.apply({"messages": messages, "stream": False})
     chat_req = chat_request(body)
     proxy: Proxy = request.app.state.proxy
-    response = await model_answer(
-        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)]
-    )
+    profile_filter = ProfileFilter(profile, profile.id, proxy.metrics)
+    body = profile_filter.request(body, proxy.registry)
+    response = await model_answer(proxy, chat_req, orjson.dumps(body), [profile_filter])
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:
