@@ -218,12 +218,14 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> No
     }
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         running = []
+        readers = []  # kept: a line iterator that is garbage-collected closes its stream, which frees a slot
         for _ in range(2):  # both slots generating: each has streamed a token
             response = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             lines = response.aiter_lines()
             while '"content":""' in (line := await lines.__anext__()) or '"content"' not in line:
                 pass
             running.append(response)
+            readers.append(lines)
         waiting = [
             await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             for _ in range(2)
