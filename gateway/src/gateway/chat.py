@@ -30,6 +30,7 @@ from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
 from gateway.answer import AnswerFilter, count_chat, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
+from gateway.auth import allow_model
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
 from gateway.profile_filter import ProfileFilter
@@ -72,6 +73,7 @@ class ChatRoutes:
                 settings = self.state.settings
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
+                allow_model(scope, chat.model)
             else:
                 data = json_object(body, "with 'model' and 'messages'")
                 if scope["path"] == chatqna.CHAT_PATH:
@@ -83,9 +85,14 @@ class ChatRoutes:
                     profile, data = select_profile(self.state.profiles, data, scope["headers"])
                     answer_as = profile.id if profile is not None else None
                 chat = chat_request(data)
+                # The key's allow-list names what clients name: a profile (virtual model) or a model.
+                allow_model(scope, profile.id if profile is not None else chat.model)
                 if answer_as is not None:
+                    # The profile's filter is the first: it shapes the model's own answer, upstream or here.
+                    profile_filter = ProfileFilter(profile, answer_as, self.state.proxy.metrics)
+                    data = profile_filter.request(data, self.state.proxy.registry)
                     body = orjson.dumps(data)
-                    filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
+                    filters.insert(0, profile_filter)
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:

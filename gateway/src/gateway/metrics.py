@@ -87,6 +87,13 @@ class GatewayMetrics:
             ["model", "result"],
             registry=registry,
         )
+        self.profile_filters = Counter(
+            "gateway_profile_filters",
+            "Profile answers with a reasoning split or guardrail, by who applied the filter (service: pushed "
+            "down to the model service; gateway: filtered here).",
+            ["by"],
+            registry=registry,
+        )
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.", registry=registry)
 
         # Labelled children, looked up once per label set (``labels()`` costs a lock and several calls).

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chat_common import sse
+from chat_common.answer_filter import FILTER_HEADER
 from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
 from gateway import affinity
@@ -34,7 +35,7 @@ __all__ = ["EventStream", "Proxy"]
 
 logger = logging.getLogger(__name__)
 
-_PASSED_BACK = ("content-type", "retry-after")
+_PASSED_BACK = ("content-type", "retry-after", FILTER_HEADER)
 _TEXT_DELTA = b'"delta":{"content":'  # a chunk with text (the first chunk of a stream has a role first)
 _USAGE = b'"usage":{'
 
@@ -235,7 +236,9 @@ class Proxy:
                 upstream.close()
             release()
 
-        return EventStream(self._relay(replica, upstream, model, started), on_close=close)
+        stream = EventStream(self._relay(replica, upstream, model, started), on_close=close)
+        stream.filtered = FILTER_HEADER in upstream.headers
+        return stream
 
     async def _relay(
         self, replica: Replica, upstream: aiohttp.ClientResponse, model: str, started: float
@@ -319,6 +322,7 @@ class EventStream:
     def __init__(self, pieces: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         self.pieces = pieces
         self.on_close = on_close
+        self.filtered = False  # the replica applied the request's answer filter (chat_common.answer_filter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from chat_common.errors import APIError, validation_message
 from chat_common.requests import chat_request, json_object
 from gateway.answer import count_chat, model_answer
+from gateway.auth import allow_model
 from gateway.profile_filter import ProfileFilter
 from gateway.profiles import Profile, Profiles
 from gateway.proxy import EventStream, Proxy
@@ -75,14 +76,15 @@ async def chat(request: Request) -> Response:
         message, param = validation_message(list(exc.errors(include_url=False)))
         raise APIError(400, message, param=param, code="invalid_value") from None
     profile = _profile(request)
+    allow_model(request.scope, profile.id)
     messages = [{"role": _role(t.role), "content": t.content} for t in ask.history]
     messages.append({"role": "user", "content": ask.user_prompt})
     body = profile.apply({"messages": messages, "stream": False})
     chat_req = chat_request(body)
     proxy: Proxy = request.app.state.proxy
-    response = await model_answer(
-        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)]
-    )
+    profile_filter = ProfileFilter(profile, profile.id, proxy.metrics)
+    body = profile_filter.request(body, proxy.registry)
+    response = await model_answer(proxy, chat_req, orjson.dumps(body), [profile_filter])
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:

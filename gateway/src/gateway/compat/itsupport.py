@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from chat_common.errors import APIError
+from gateway.auth import allow_model
 from gateway.credentials import mask_credentials
 from gateway.proxy import Proxy
 from gateway.retrieval import RetrievalSpec, RetrieverClient, RetrieverUnavailable, with_passages
@@ -80,6 +81,7 @@ def _parse(body: bytes) -> SupportQuery:
 @router.post("", include_in_schema=False)  # both spellings answer (no redirect to the slashed one)
 async def chat(request: Request) -> Response:
     started = time.perf_counter()
+    allow_model(request.scope, request.app.state.settings.rag_model)  # the API key's allow-list: 403
     try:
         answer = await _answer(request, _parse(await request.body()))
     except SupportError as exc:
