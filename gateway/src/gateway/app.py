@@ -24,7 +24,7 @@ from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings, is_loopback
 from gateway.cors import with_cors
-from gateway.discovery import make_resolver
+from gateway.discovery import AddressPool, make_resolver
 from gateway.history import HistoryClient
 from gateway.keys_file import load_keys_file, seed_keys
 from gateway.metrics import GatewayMetrics
@@ -82,14 +82,22 @@ def create_app(settings: Settings) -> FastAPI:
                 else None
             )
             app.state.proxy = Proxy(registry, client, GatewayMetrics(CollectorRegistry()), settings.read_timeout_s)
-            await registry.refresh()
+            # A helper service whose name has several addresses (`--scale retriever-read=3`) is asked in turn.
+            pools = []
+            for helper in (app.state.history, app.state.retriever):
+                if helper is not None:
+                    helper.pool = AddressPool(helper.base_url, resolver)
+                    pools.append(helper.pool)
+            await asyncio.gather(registry.refresh(), *(pool.refresh() for pool in pools))
             refresher = asyncio.create_task(registry.run(settings.refresh_interval_s))
+            pool_refresher = asyncio.create_task(_refresh_pools(pools, settings.refresh_interval_s))
             try:
                 yield
             finally:
-                refresher.cancel()
-                with suppress(asyncio.CancelledError):
-                    await refresher
+                for task in (refresher, pool_refresher):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
                 await resolver.close()
 
     # KeysFileError: the gateway does not start
@@ -177,3 +185,9 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)
+
+
+async def _refresh_pools(pools: list[AddressPool], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.gather(*(pool.refresh() for pool in pools))
