@@ -21,9 +21,10 @@ from starlette.responses import Response
 from chat_common.context import access_fields
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
+from gateway.limits import Admission, whole_usage
 from gateway.proxy import EventStream, Proxy
 
-__all__ = ["CHAT_PATH", "AnswerFilter", "count_chat", "model_answer", "replace_body"]
+__all__ = ["CHAT_PATH", "AnswerFilter", "count_chat", "metered", "model_answer", "replace_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,40 @@ class AnswerFilter(Protocol):
 
 
 async def model_answer(
-    proxy: Proxy, chat: ChatCompletionRequest, body: bytes, filters: Sequence[AnswerFilter] = ()
+    proxy: Proxy,
+    chat: ChatCompletionRequest,
+    body: bytes,
+    filters: Sequence[AnswerFilter] = (),
+    admission: Admission | None = None,
 ) -> Response | EventStream:
     """The model's answer to ``body`` (a chat completion request for ``chat.model``) as an ASGI response,
-    filtered; a failure is an error response in OpenAI's envelope, never an exception."""
+    filtered; a failure is an error response in OpenAI's envelope, never an exception. ``admission``
+    (the request's rate limits, :mod:`gateway.limits`) adds its headers and is settled with the usage."""
+    response = await _answer(proxy, chat, body, filters)
+    if admission is not None:
+        await metered(admission, response)
+    return response
+
+
+async def metered(admission: Admission, response: Response | EventStream) -> None:
+    """Put the rate-limit headers on ``response`` and settle the admission's tokens with its usage: a
+    whole answer's now, a stream's once it has been relayed. An error answer gives the estimate back."""
+    if admission.headers:
+        if isinstance(response, EventStream):
+            response.headers = [*response.headers, *admission.headers]
+        else:
+            response.raw_headers.extend(admission.headers)
+    if admission.settled:
+        return
+    if isinstance(response, EventStream):
+        response.pieces = admission.metered(response.pieces)
+    else:
+        await admission.settle(whole_usage(bytes(response.body)) if response.status_code == 200 else None)
+
+
+async def _answer(
+    proxy: Proxy, chat: ChatCompletionRequest, body: bytes, filters: Sequence[AnswerFilter]
+) -> Response | EventStream:
     try:
         response = await proxy.call_model(chat.model, CHAT_PATH, body, stream=chat.stream)
     except APIError as exc:

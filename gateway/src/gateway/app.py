@@ -22,6 +22,7 @@ from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings
 from gateway.discovery import make_resolver
 from gateway.history import HistoryClient
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
 from gateway.profiles import load_profiles
@@ -79,6 +80,10 @@ def create_app(settings: Settings) -> FastAPI:
     # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.
     answer_filters: list[AnswerFilter] = []
     app.state.answer_filters = answer_filters
+    # Rate limits (gateway.limits), counted in the Redis of app.state.redis.
+    app.state.limiter = Limiter(
+        settings.rate_limits, anonymous=settings.rate_limit_anonymous, failure=settings.redis_failure
+    )
     install_error_handlers(app)
     app.include_router(router)
     for compat_router in COMPAT_ROUTERS:

@@ -32,6 +32,7 @@ from gateway.answer import AnswerFilter, count_chat, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
+from gateway.limits import Admission, admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profile_select import select_profile
 from gateway.proxy import Proxy
@@ -106,13 +107,14 @@ class ChatRoutes:
                     code="retrieval_disabled",
                 )
             query = query_of(chat) if retrieval is not None else None
+            admission = await admit_chat(self.state, scope, chat.model, data["messages"])
         except ClientDisconnect:
             return
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body, filters, started)
+            await self._relay_unchanged(scope, receive, send, chat, body, filters, admission, started)
         else:
             await Conversation(
                 self.state,
@@ -124,6 +126,7 @@ class ChatRoutes:
                 reframe=reframe,
                 filters=filters,
                 store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
+                admission=admission,
             ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
@@ -134,6 +137,7 @@ class ChatRoutes:
         chat: ChatCompletionRequest,
         body: bytes,
         filters: list[AnswerFilter],
+        admission: Admission,
         started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
@@ -141,7 +145,7 @@ class ChatRoutes:
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
-            response = await model_answer(proxy, chat, body, filters)
+            response = await model_answer(proxy, chat, body, filters, admission)
             await response(scope, receive, send)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["FinetuneSampling", "Settings"]
+__all__ = ["FinetuneSampling", "RateLimit", "Settings"]
 
 # The FineTuneLLM backend's stop sequences (seed 003's README).
 FINETUNE_STOPS = (
@@ -40,6 +40,15 @@ class FinetuneSampling(BaseModel):
     repeat_penalty: float | None = Field(1.1, gt=0.0, le=10.0)
     stop: list[str] | None = Field(default_factory=lambda: list(FINETUNE_STOPS), max_length=16)
     seed: int | None = None  # not the seed's: set one for reproducible answers
+
+
+class RateLimit(BaseModel):
+    """Requests and tokens a minute; a missing (null) one is not limited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, description="Requests a minute.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt and completion) a minute.")
 
 
 class Settings(BaseSettings):
@@ -154,6 +163,32 @@ class Settings(BaseSettings):
         description="Sampling sent with every POST /chat request, as JSON (fields max_tokens, temperature, "
         "top_p, top_k, repeat_penalty, stop, seed; missing ones keep the seed's values (no seed), null ones "
         "are left to the model's defaults).",
+    )
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description='Default rate limits per model, as JSON: model id (or "*" for any model) -> {"rpm": requests '
+        'a minute, "tpm": tokens a minute}, e.g. {"*": {"rpm": 60, "tpm": 40000}}. They apply per API key and '
+        "model (and per client address and model when GATEWAY_RATE_LIMIT_ANONYMOUS is set), beside a key's own "
+        "limits. Counted in Redis, shared by every gateway replica.",
+    )
+    rate_limit_anonymous: RateLimit | None = Field(
+        None,
+        description="Limits of requests without an API key (authentication off), per client address, as JSON "
+        '{"rpm", "tpm"}; the model defaults then apply per address too. Empty: such requests are not limited.',
+    )
+    redis_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="When Redis cannot be reached for rate limits: 'open' answers anyway (a warning in the log, "
+        "X-Switchboard-Ratelimit: unavailable on the answer), 'closed' answers 503.",
+    )
+    cache_ttl_s: float = Field(
+        3600.0, gt=0, description="Seconds a cached answer is kept (opt-in response cache, see the README)."
+    )
+    cache_max_entry_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest answer the response cache stores, in bytes (a stream's relayed bytes); larger ones "
+        "are answered and not cached. Redis's maxmemory policy bounds the cache as a whole.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 

@@ -293,10 +293,11 @@ class EventStream:
     def __init__(self, pieces: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         self.pieces = pieces
         self.on_close = on_close
+        self.headers = self._HEADERS  # replaced (never changed in place) to add headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for piece in self.pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from chat_common.errors import APIError, validation_message
 from chat_common.requests import chat_request, json_object
 from gateway.answer import count_chat, model_answer
+from gateway.limits import admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profiles import Profile, Profiles
 from gateway.proxy import EventStream, Proxy
@@ -79,18 +80,21 @@ async def chat(request: Request) -> Response:
     messages.append({"role": "user", "content": ask.user_prompt})
     body = profile.apply({"messages": messages, "stream": False})
     chat_req = chat_request(body)
+    admission = await admit_chat(request.app.state, request.scope, chat_req.model, body["messages"])
     proxy: Proxy = request.app.state.proxy
     response = await model_answer(
-        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)]
+        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)], admission
     )
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:
         return response
     message = orjson.loads(response.body)["choices"][0]["message"]
-    return JSONResponse(
+    answer = JSONResponse(
         {
             "cern_response": (message.get("content") or "").strip(),
             "thought_process": (message.get("reasoning_content") or "").strip(),
         }
     )
+    answer.raw_headers.extend(admission.headers)
+    return answer
