@@ -3,6 +3,7 @@ gateway app of the tests' kind (:mod:`tests.gateway.fakes`) wired to a Redis cli
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import redis
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.config import Settings
@@ -95,6 +96,24 @@ class WithKey:
 
 
 @asynccontextmanager
+async def app_on_redis(
+    services: dict[str, list[str]],
+    redis_client: Redis | None,
+    prefix: str,
+    *,
+    keys: dict[str, FakeKey] | None = None,
+    **settings: Any,
+) -> AsyncIterator[ASGIApp]:
+    """The real gateway app (lifespan running) with ``redis_client`` as its Redis and ``prefix`` on its keys."""
+    app = Gateway(Settings(services=services, **settings))
+    async with app.api.router.lifespan_context(app.api):
+        app.api.state.redis = redis_client
+        app.api.state.limiter.prefix = prefix
+        app.api.state.cache.prefix = prefix
+        yield WithKey(app, keys) if keys is not None else app
+
+
+@asynccontextmanager
 async def gateway_on_redis(
     services: dict[str, list[str]],
     redis_client: Redis | None,
@@ -103,14 +122,33 @@ async def gateway_on_redis(
     keys: dict[str, FakeKey] | None = None,
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The real gateway app (lifespan included) with ``redis_client`` as its Redis, behind httpx."""
-    app = Gateway(Settings(services=services, **settings))
-    async with app.api.router.lifespan_context(app.api):
-        app.api.state.redis = redis_client
-        app.api.state.limiter.prefix = prefix
-        if hasattr(app.api.state, "cache"):
-            app.api.state.cache.prefix = prefix
-        served: ASGIApp = WithKey(app, keys) if keys is not None else app
-        transport = httpx.ASGITransport(app=served)
+    """:func:`app_on_redis` behind an in-process httpx client (which joins a streamed body's pieces)."""
+    async with app_on_redis(services, redis_client, prefix, keys=keys, **settings) as app:
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+async def asgi_post(app: ASGIApp, path: str, body: bytes) -> tuple[dict[str, str], list[bytes]]:
+    """POST ``body`` straight to the ASGI app: the response's headers and its body messages, one per piece
+    sent (httpx's ASGI transport joins them)."""
+    messages: list[Message] = []
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    done = asyncio.Event()
+
+    async def receive() -> Message:
+        if incoming:
+            return incoming.pop()
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b"", "client": ("t", 1)}
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return headers, [m["body"] for m in messages if m["type"] == "http.response.body" and m.get("body")]

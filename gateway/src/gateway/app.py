@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from gateway.answer import AnswerFilter
+from gateway.cache import ResponseCache
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings
@@ -80,7 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.
     answer_filters: list[AnswerFilter] = []
     app.state.answer_filters = answer_filters
-    # Rate limits (gateway.limits), counted in the Redis of app.state.redis.
+    # Rate limits (gateway.limits) and the response cache (gateway.cache), in the Redis of app.state.redis.
+    app.state.cache = ResponseCache(ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes)
     app.state.limiter = Limiter(
         settings.rate_limits, anonymous=settings.rate_limit_anonymous, failure=settings.redis_failure
     )

@@ -22,20 +22,22 @@ import time
 import orjson
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
 from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
-from gateway.answer import AnswerFilter, count_chat, model_answer
+from gateway.answer import AnswerFilter, count_chat, metered, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
+from gateway.cache import CacheUnavailable, ResponseCache, subject_of, wants_cache
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
 from gateway.limits import Admission, admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profile_select import select_profile
-from gateway.proxy import Proxy
+from gateway.proxy import EventStream, Proxy
 from gateway.retrieval import query_of, retrieval_of
 from gateway.sessions import session_id_of
 
@@ -69,6 +71,8 @@ class ChatRoutes:
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             filters: list[AnswerFilter] = list(self.state.answer_filters)
+            wants = False  # the response cache (FineTuneLLM's route always has a session: never cached)
+            answer_as: str | None = None
             if scope["path"] == finetunellm.CHAT_PATH:
                 settings = self.state.settings
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
@@ -79,11 +83,12 @@ class ChatRoutes:
                     profile, data = chatqna.chat_data(
                         data, self.state.settings, self.state.profiles, self.state.proxy.registry
                     )
-                    answer_as: str | None = chatqna.ANSWER_MODEL
+                    answer_as = chatqna.ANSWER_MODEL
                 else:
                     profile, data = select_profile(self.state.profiles, data, scope["headers"])
                     answer_as = profile.id if profile is not None else None
                 chat = chat_request(data)
+                wants = wants_cache(data, scope["headers"], profile is not None and profile.cache)
                 if answer_as is not None:
                     body = orjson.dumps(data)
                     filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
@@ -108,13 +113,18 @@ class ChatRoutes:
                 )
             query = query_of(chat) if retrieval is not None else None
             admission = await admit_chat(self.state, scope, chat.model, data["messages"])
+            cache_key = (
+                self.state.cache.key(chat, subject=subject_of(scope), route=scope["path"], answer_as=answer_as)
+                if wants and session is None and retrieval is None
+                else None
+            )
         except ClientDisconnect:
             return
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body, filters, admission, started)
+            await self._relay_unchanged(scope, receive, send, chat, body, filters, admission, cache_key, started)
         else:
             await Conversation(
                 self.state,
@@ -138,14 +148,49 @@ class ChatRoutes:
         body: bytes,
         filters: list[AnswerFilter],
         admission: Admission,
+        cache_key: str | None,
         started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
-        (filtered) answer."""
+        (filtered) answer; with a ``cache_key``, the cached answer instead, or the answer stored."""
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
-            response = await model_answer(proxy, chat, body, filters, admission)
-            await response(scope, receive, send)
+            if cache_key is None:
+                response = await model_answer(proxy, chat, body, filters, admission)
+                await response(scope, receive, send)
+            else:
+                response = await self._cached_answer(scope, receive, send, chat, body, filters, admission, cache_key)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)
+
+    async def _cached_answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        chat: ChatCompletionRequest,
+        body: bytes,
+        filters: list[AnswerFilter],
+        admission: Admission,
+        cache_key: str,
+    ) -> Response | EventStream:
+        """Answer from the cache (a hit counts as a request and gives its token estimate back: no model
+        worked), or from the model with the answer stored; sends it and returns it."""
+        cache: ResponseCache = self.state.cache
+        redis = getattr(self.state, "redis", None)
+        try:
+            response = await cache.replay(redis, cache_key)
+        except CacheUnavailable:
+            redis, response = None, None
+        if response is not None:
+            await metered(admission, response)
+            await admission.settle(None)
+            await response(scope, receive, send)
+            return response
+        response = await model_answer(self.state.proxy, chat, body, filters, admission)
+        whole = cache.recording(redis, cache_key, response)
+        await response(scope, receive, send)
+        if whole is not None and redis is not None:
+            await cache.store_whole(redis, cache_key, whole)
+        return response
