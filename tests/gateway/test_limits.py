@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,7 +13,7 @@ from redis.asyncio import Redis
 
 from gateway.config import RateLimit
 from gateway.limits import Limiter, reset_text
-from tests.gateway.fakes import Reply, chat, chunk, completion, model_replica, running, sse
+from tests.gateway.fakes import Replica, Reply, chat, chunk, completion, model_replica, running, sse
 from tests.gateway.private_redis import (
     FakeKey,
     RedisServer,
@@ -21,7 +22,9 @@ from tests.gateway.private_redis import (
     redis_server,
     unique_prefix,
 )
+from tests.services import Service
 
+STREAMED = [chunk("Hi"), chunk(finish="stop"), b"data: [DONE]\n\n"]
 HI_ESTIMATE = 9  # tokens.estimate_messages of one "hi" message: 2 bytes // 3 + 1, and 8 of framing
 
 
@@ -255,3 +258,52 @@ def test_reset_durations_are_written_as_openai_writes_them() -> None:
         "6m0s",
         "1m1.5s",
     ]
+
+
+HIT = {"doc_id": "d1", "title": "VPN", "text": "Restart the VPN client.", "score": 0.9, "metadata": {}}
+ROUTES = {
+    "openai": ("/v1/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}),
+    "alterego": ("/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}),
+    "chatqna": ("/v1/chatqna", {"messages": [{"role": "user", "content": "hi"}]}),
+    "finetunellm": ("/chat", {"prompt": "hi", "session_id": "s-limits"}),
+    "cern": ("/api/chat", {"history": [], "user_prompt": "hi"}),
+    "itsupport": ("/api/v1/chat/", {"query": "vpn"}),
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+async def test_every_chat_route_is_limited(route: str, redis_client: Redis, history: Service, tmp_path: Path) -> None:
+    path, body = ROUTES[route]
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  - id: cern\n    model: m1\n")
+    replica = model_replica().on(
+        "/v1/chat/completions",
+        lambda r: sse(STREAMED) if orjson.loads(r.body).get("stream") else completion(),
+    )
+    retriever = Replica().on("/v1/collections/it-support/search", lambda r: Reply(payload={"data": [HIT]}))
+    async with (
+        running(replica, retriever),
+        gateway_on_redis(
+            {"inference-gguf": [replica.url]},
+            redis_client,
+            unique_prefix(),
+            rate_limit_anonymous={"rpm": 1},
+            history_url=history.url,
+            retriever_url=retriever.url,
+            profiles_file=str(profiles),
+            chatqna_model="m1",
+            finetune_model="m1",
+            rag_model="m1",
+        ) as client,
+    ):
+        first = await client.post(path, json=body)
+        second = await client.post(path, json=body)
+    assert first.status_code == 200, first.text
+    assert second.status_code == 429
+    assert second.headers["retry-after"] == "60"
+    assert len(replica.chat_requests()) == 1
+    if route != "itsupport":  # that seed's own error shape carries the message as 'detail'
+        assert second.json()["error"]["code"] == "rate_limit_exceeded"
+        assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    else:
+        assert second.json()["error"] == "Too Many Requests"
