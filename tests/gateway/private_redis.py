@@ -37,15 +37,16 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of its own on a free port, killed on exit."""
+def redis_server(*extra: str, password: str | None = None) -> Iterator[RedisServer]:
+    """A redis-server of its own on a free port (``extra``: more of its options), killed on exit."""
     port = free_port()
+    auth = ["--requirepass", password] if password else []
     process = subprocess.Popen(
-        [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *auth, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    server = RedisServer(f"redis://127.0.0.1:{port}/0", process)
+    server = RedisServer(f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0", process)
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from chat_common.context import access_fields
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
-from gateway.limits import Admission, whole_usage
+from gateway.limits import Admission
 from gateway.proxy import EventStream, Proxy
 
 __all__ = ["CHAT_PATH", "AnswerFilter", "count_chat", "metered", "model_answer", "replace_body"]
@@ -55,27 +55,28 @@ async def model_answer(
 ) -> Response | EventStream:
     """The model's answer to ``body`` (a chat completion request for ``chat.model``) as an ASGI response,
     filtered; a failure is an error response in OpenAI's envelope, never an exception. ``admission``
-    (the request's rate limits, :mod:`gateway.limits`) adds its headers and is settled with the usage."""
+    (the request's rate limits, :mod:`gateway.limits`) adds its headers and notes the answer's usage."""
     response = await _answer(proxy, chat, body, filters)
     if admission is not None:
-        await metered(admission, response)
+        metered(admission, response)
     return response
 
 
-async def metered(admission: Admission, response: Response | EventStream) -> None:
-    """Put the rate-limit headers on ``response`` and settle the admission's tokens with its usage: a
-    whole answer's now, a stream's once it has been relayed. An error answer gives the estimate back."""
+def metered(admission: Admission, response: Response | EventStream, *, count_usage: bool = True) -> None:
+    """Put the rate-limit headers on ``response`` and note the tokens it uses for the admission (a
+    stream's as it is relayed); :meth:`Admission.finish` corrects the charge once it has been sent.
+    ``count_usage`` False: none are counted (the estimate is given back)."""
     if admission.headers:
         if isinstance(response, EventStream):
             response.headers = [*response.headers, *admission.headers]
         else:
             response.raw_headers.extend(admission.headers)
-    if admission.settled:
+    if admission.finished or not count_usage:
         return
     if isinstance(response, EventStream):
         response.pieces = admission.metered(response.pieces)
     else:
-        await admission.settle(whole_usage(bytes(response.body)) if response.status_code == 200 else None)
+        admission.meter_whole(response.status_code, bytes(response.body))
 
 
 async def _answer(
@@ -104,7 +105,10 @@ def replace_body(response: Response, payload: dict[str, Any]) -> Response:
     """``response`` with ``payload`` as its JSON body (status and passed-back headers kept)."""
     headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
     return Response(
-        orjson.dumps(payload), status_code=response.status_code, headers=headers, media_type="application/json"
+        orjson.dumps(payload),
+        status_code=response.status_code,
+        headers=headers,
+        media_type="application/json",
     )
 
 

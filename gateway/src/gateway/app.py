@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await refresher
                 await resolver.close()
+                app.state.limiter.close()
 
     # /docs and /redoc load their scripts from the gateway itself (fastapi-offline ships them): no CDN.
     app = FastAPIOffline(title="Switchboard gateway", version="0.1.0", lifespan=lifespan)

@@ -11,45 +11,38 @@ numbers in one form, keys in sorted order, so ``{"temperature": 0}`` and ``{"tem
 "stream": false}`` are one request), with the route, the name the answer is given under (a profile's)
 and the API key (answers are not shared between keys). ``user`` and ``cache`` do not count.
 
-A streamed answer is stored as the list of pieces relayed to the client and replayed piece by piece, the
-same bytes with the same boundaries, ``[DONE]`` last; a whole answer as its body. Only complete 200
-answers are stored: never an error answer, a stream with an error event, or a stream the client left.
-Entries live ``GATEWAY_CACHE_TTL_S``; an answer larger than ``GATEWAY_CACHE_MAX_ENTRY_BYTES`` is not
-stored (Redis's ``maxmemory`` policy bounds the whole). Answers say ``X-Switchboard-Cache: hit`` or
-``miss`` (``unavailable`` when Redis could not be asked: the model answers, nothing is stored).
+The entry is read in the same Redis call that checks the rate limits, and written in the one that
+corrects the token charge after the answer (:class:`gateway.limits.Admission`): the cache costs no
+round trip of its own. A streamed answer is stored as the list of pieces relayed to the client and
+replayed piece by piece, the same bytes with the same boundaries, ``[DONE]`` last; a whole answer as
+its body. Only complete 200 answers are stored: never an error answer, a stream with an error event,
+or a stream the client left. Entries live ``GATEWAY_CACHE_TTL_S``; an answer larger than
+``GATEWAY_CACHE_MAX_ENTRY_BYTES`` is not stored (Redis's ``maxmemory`` policy bounds the whole).
+Answers say ``X-Switchboard-Cache: hit`` or ``miss`` (``unavailable`` when Redis could not be asked:
+the model answers, nothing is stored).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import Scope
 
 from chat_common import sse
 from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
+from gateway.limits import UNAVAILABLE, Admission
 from gateway.proxy import EventStream
 
-__all__ = ["CACHE_HEADER", "CacheUnavailable", "ResponseCache", "subject_of", "wants_cache"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["CACHE_HEADER", "ResponseCache", "subject_of", "wants_cache"]
 
 CACHE_HEADER = b"x-switchboard-cache"
 _IGNORED = ("user", "cache")  # fields that do not change the answer
 _ERROR_EVENT = b'data: {"error"'
-_WARN_EVERY_S = 10.0
-
-
-class CacheUnavailable(Exception):
-    """Redis could not be asked: answer from the model, store nothing."""
 
 
 def wants_cache(data: dict[str, Any], headers: list[tuple[bytes, bytes]], profile_cache: bool) -> bool:
@@ -71,39 +64,27 @@ def subject_of(scope: Scope) -> str:
     return "anonymous" if api_key is None else f"key:{api_key.id}"
 
 
-def _deterministic(chat: ChatCompletionRequest) -> bool:
-    return chat.temperature == 0 or chat.seed is not None
-
-
 class ResponseCache:
-    """Cached answers in Redis (the caller passes the client): :meth:`key` for a request (None: not
-    cacheable), :meth:`replay` a stored answer, :meth:`recording` to store one as it is sent."""
+    """Cached answers in Redis: :meth:`key` for a request (None: not cacheable), :meth:`replay` the entry
+    its admission read, :meth:`recording` to have its answer stored by the admission."""
 
     def __init__(self, *, ttl_s: float, max_entry_bytes: int, prefix: str = "sb:") -> None:
         self.ttl_ms = int(ttl_s * 1000)
         self.max_entry_bytes = max_entry_bytes
         self.prefix = prefix
-        self._warned = 0.0
 
     def key(self, chat: ChatCompletionRequest, *, subject: str, route: str, answer_as: str | None) -> str | None:
         """The cache key of a deterministic request; None for a sampled one (never cached)."""
-        if not _deterministic(chat):
+        if not (chat.temperature == 0 or chat.seed is not None):
             return None
         request = {k: v for k, v in chat.model_dump(mode="json", exclude_none=True).items() if k not in _IGNORED}
         canonical = orjson.dumps([subject, route, answer_as, request], option=orjson.OPT_SORT_KEYS)
         return f"{self.prefix}cache:{hashlib.sha256(canonical).hexdigest()}"
 
-    async def replay(self, redis: Redis | None, key: str) -> Response | EventStream | None:
-        """The stored answer under ``key`` as a response marked ``hit``; None when there is none;
-        :class:`CacheUnavailable` when Redis cannot be asked."""
-        if redis is None:
-            return None
-        try:
-            stored = await redis.get(key)
-        except (RedisError, OSError) as exc:
-            self._warn(f"response cache not read: {exc}")
-            raise CacheUnavailable from exc
-        if not stored:
+    def replay(self, admission: Admission) -> Response | EventStream | None:
+        """The entry the admission read, as a response marked ``hit``; None when there was none."""
+        stored = admission.cached
+        if stored is None or stored is UNAVAILABLE:
             return None
         entry = orjson.loads(stored)  # bytes or str: whichever decode_responses the client has
         if "whole" in entry:
@@ -114,33 +95,28 @@ class ResponseCache:
         stream.headers = [*stream.headers, (CACHE_HEADER, b"hit")]
         return stream
 
-    def recording(self, redis: Redis | None, key: str, response: Response | EventStream) -> bytes | None:
-        """Mark ``response`` a miss and, when it is a 200 answer, have it stored: a stream as its pieces are
-        relayed (once the last has gone, if it was complete); a whole answer is returned, for
-        :meth:`store_whole` once it has been sent. ``redis`` None: ``unavailable``, nothing stored."""
-        if redis is None:
+    def recording(self, admission: Admission, key: str, response: Response | EventStream) -> None:
+        """Mark ``response`` a miss (``unavailable`` when Redis could not be asked) and, when it is a
+        complete 200 answer, hand it to the admission to store once sent: a stream as it is relayed."""
+        if admission.cached is UNAVAILABLE or admission.redis is None:
             _mark(response, b"unavailable")
-            return None
+            return
         _mark(response, b"miss")
         if response.status_code != 200:
-            return None
+            return
         if isinstance(response, EventStream):
-            response.pieces = self._recorded(redis, key, response.pieces)
-            return None
-        body = bytes(response.body)
-        return body if len(body) <= self.max_entry_bytes else None
+            response.pieces = self._recorded(admission, key, response.pieces)
+        elif len(response.body) <= self.max_entry_bytes:
+            self._keep(admission, key, {"whole": bytes(response.body)})
 
-    async def store_whole(self, redis: Redis, key: str, body: bytes) -> None:
-        await self._store(redis, key, {"whole": body})
-
-    async def _recorded(self, redis: Redis, key: str, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _recorded(self, admission: Admission, key: str, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         kept: list[bytes] = []
         size = 0
         storable = True
         last = b""
         async for piece in pieces:
             if storable:
-                size += len(piece) + 4  # and the JSON framing, about as much
+                size += len(piece)
                 if size > self.max_entry_bytes or _ERROR_EVENT in piece:
                     storable, kept = False, []
                 else:
@@ -148,25 +124,17 @@ class ResponseCache:
             last = piece
             yield piece
         if storable and last.endswith(sse.DONE):  # complete: the client has had every piece
-            await self._store(redis, key, {"stream": kept})
+            self._keep(admission, key, {"stream": kept})
 
-    async def _store(self, redis: Redis, key: str, entry: dict[str, bytes | list[bytes]]) -> None:
-        """Store an entry as JSON text (answers are UTF-8: SSE events and JSON bodies; one that is not is
-        not stored), so a client with or without ``decode_responses`` reads it back the same."""
+    def _keep(self, admission: Admission, key: str, entry: dict[str, bytes | list[bytes]]) -> None:
+        """Have the admission store ``entry`` as JSON text (answers are UTF-8: SSE events and JSON bodies;
+        one that is not is not stored), so a client with or without ``decode_responses`` reads it alike."""
         try:
             text = {k: v.decode() if isinstance(v, bytes) else [p.decode() for p in v] for k, v in entry.items()}
         except UnicodeDecodeError:
             return
-        try:
-            await redis.set(key, orjson.dumps(text), px=self.ttl_ms)
-        except (RedisError, OSError) as exc:
-            self._warn(f"answer not cached: {exc}")
-
-    def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._warned >= _WARN_EVERY_S:
-            self._warned = now
-            logger.warning(message)
+        admission.write = (key, orjson.dumps(text))
+        admission.write_ttl_ms = self.ttl_ms
 
 
 def _mark(response: Response | EventStream, value: bytes) -> None:

@@ -22,7 +22,6 @@ import time
 import orjson
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chat_common.errors import APIError, error_response
@@ -31,13 +30,13 @@ from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
 from gateway.answer import AnswerFilter, count_chat, metered, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
-from gateway.cache import CacheUnavailable, ResponseCache, subject_of, wants_cache
+from gateway.cache import subject_of, wants_cache
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
 from gateway.limits import Admission, admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profile_select import select_profile
-from gateway.proxy import EventStream, Proxy
+from gateway.proxy import Proxy
 from gateway.retrieval import query_of, retrieval_of
 from gateway.sessions import session_id_of
 
@@ -112,12 +111,13 @@ class ChatRoutes:
                     code="retrieval_disabled",
                 )
             query = query_of(chat) if retrieval is not None else None
-            admission = await admit_chat(self.state, scope, chat.model, data["messages"])
             cache_key = (
                 self.state.cache.key(chat, subject=subject_of(scope), route=scope["path"], answer_as=answer_as)
                 if wants and session is None and retrieval is None
                 else None
             )
+            # the rate limits charged and the cache entry read, in one call to Redis
+            admission = await admit_chat(self.state, scope, chat.model, data["messages"], cache_key)
         except ClientDisconnect:
             return
         except APIError as exc:
@@ -152,45 +152,19 @@ class ChatRoutes:
         started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
-        (filtered) answer; with a ``cache_key``, the cached answer instead, or the answer stored."""
+        (filtered) answer; with a ``cache_key``, the cached answer (read with the admission) instead, or the
+        answer stored once it has been sent."""
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
-            if cache_key is None:
+            response = None if cache_key is None else self.state.cache.replay(admission)
+            if response is None:
                 response = await model_answer(proxy, chat, body, filters, admission)
-                await response(scope, receive, send)
-            else:
-                response = await self._cached_answer(scope, receive, send, chat, body, filters, admission, cache_key)
+                if cache_key is not None:
+                    self.state.cache.recording(admission, cache_key, response)
+            else:  # a hit counts as a request; its token estimate is given back (no model worked)
+                metered(admission, response, count_usage=False)
+            await response(scope, receive, send)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)
-
-    async def _cached_answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        chat: ChatCompletionRequest,
-        body: bytes,
-        filters: list[AnswerFilter],
-        admission: Admission,
-        cache_key: str,
-    ) -> Response | EventStream:
-        """Answer from the cache (a hit counts as a request and gives its token estimate back: no model
-        worked), or from the model with the answer stored; sends it and returns it."""
-        cache: ResponseCache = self.state.cache
-        redis = getattr(self.state, "redis", None)
-        try:
-            response = await cache.replay(redis, cache_key)
-        except CacheUnavailable:
-            redis, response = None, None
-        if response is not None:
-            await metered(admission, response)
-            await admission.settle(None)
-            await response(scope, receive, send)
-            return response
-        response = await model_answer(self.state.proxy, chat, body, filters, admission)
-        whole = cache.recording(redis, cache_key, response)
-        await response(scope, receive, send)
-        if whole is not None and redis is not None:
-            await cache.store_whole(redis, cache_key, whole)
-        return response
+        await admission.finish()  # the token charge corrected and the answer cached, in one call

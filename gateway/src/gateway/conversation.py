@@ -93,7 +93,7 @@ class Conversation:
             except APIError as exc:
                 response: Response | EventStream = error_response(exc)
                 if self.admission is not None:
-                    await metered(self.admission, response)
+                    metered(self.admission, response)
             else:
                 self.forwarded = True
                 if self.store_on_arrival and self.session is not None:
@@ -110,6 +110,8 @@ class Conversation:
             await response(scope, receive, self._with_headers(send))
             status = response.status_code
         count_chat(self.proxy, self.chat.model, status, gone(), started)
+        if self.admission is not None:
+            await self.admission.finish()  # the token charge corrected, once the answer has been sent
         if gone():
             await self._store()  # what the client was sent before it left, marked interrupted
 

@@ -32,25 +32,36 @@ the log, ``X-Switchboard-Ratelimit: unavailable`` on the answer), ``closed`` ans
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.types import Scope
 
 from chat_common.errors import APIError
 from gateway.config import RateLimit
+from gateway.resp import FastConnection, fast_connection_for
 from gateway.tokens import estimate_messages
 
-__all__ = ["UNAVAILABLE_HEADER", "Admission", "Limiter", "RateLimit", "admit_chat", "reset_text", "whole_usage"]
+__all__ = [
+    "UNAVAILABLE",
+    "UNAVAILABLE_HEADER",
+    "Admission",
+    "Limiter",
+    "RateLimit",
+    "admit_chat",
+    "reset_text",
+    "whole_usage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,62 +71,8 @@ _TEXT_DELTA = b'"delta":{"content":'
 _USAGE = b'"usage":{'
 _WARN_EVERY_S = 10.0
 
-# KEYS: one per limit. ARGV: mode ("admit" or "adjust"), then per key: its limit a minute, its cost (admit)
-# or signed correction (adjust). State per key: its theoretical arrival time (TAT), in ms of Redis time.
-# admit returns {allowed, then per key: remaining, reset_ms, retry_ms}; nothing is charged unless every
-# limit allows the request.
-_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local window = 60000
-local mode = ARGV[1]
-local n = #KEYS
-if mode == 'adjust' then
-  for i = 1, n do
-    local interval = window / tonumber(ARGV[2 * i])
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
-    tat = tat + tonumber(ARGV[2 * i + 1]) * interval
-    if tat > now then
-      redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
-    else
-      redis.call('DEL', KEYS[i])
-    end
-  end
-  return 1
-end
-local allowed = 1
-local out = {0}
-local new = {}
-for i = 1, n do
-  local interval = window / tonumber(ARGV[2 * i])
-  local cost = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local after = tat + cost * interval
-  local retry = 0
-  local ahead = tat
-  if after - now > window + 0.001 then
-    allowed = 0
-    retry = math.ceil(after - now - window)
-  else
-    ahead = after
-  end
-  new[i] = after
-  local remaining = math.floor((window - (ahead - now)) / interval + 0.000001)
-  if remaining < 0 then remaining = 0 end
-  out[3 * i - 1] = remaining
-  out[3 * i] = math.ceil(ahead - now)
-  out[3 * i + 1] = retry
-end
-if allowed == 1 then
-  for i = 1, n do
-    redis.call('SET', KEYS[i], tostring(new[i]), 'PX', math.ceil(new[i] - now) + 1000)
-  end
-end
-out[1] = allowed
-return out
-"""
+# The one script (limits.lua beside this module; its header says what it takes and returns).
+_SCRIPT_FILE = Path(__file__).with_name("limits.lua")
 
 
 @dataclass(frozen=True)
@@ -137,61 +94,62 @@ def reset_text(ms: int) -> str:
     return f"{int(minutes)}m{round(rest, 3):g}s"
 
 
+UNAVAILABLE: Any = object()  # Admission.cached when Redis could not be asked
+
+
 @dataclass
 class Admission:
-    """A request let through: the headers to send with its answer, and its token charge to correct."""
+    """A request's bookkeeping in Redis: the rate-limit headers for its answer, the cache entry read with
+    the limits (``cached``: the stored bytes, None, or :data:`UNAVAILABLE`), and, once the answer has been
+    sent, one call (:meth:`finish`) that corrects its token charge with the usage and writes its cache
+    entry (``write``), if any."""
 
     limiter: Limiter | None = None
     redis: Redis | None = None
     token_limits: list[_Limit] = field(default_factory=list)
     estimate: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    settled: bool = False
+    cached: Any = None
+    used: int | None = None  # tokens the answer used; None: none (an error: the estimate is given back)
+    write: tuple[str, bytes] | None = None  # a cache entry to store: key, value
+    write_ttl_ms: int = 0
+    finished: bool = False
 
-    async def settle(self, used_tokens: int | None) -> None:
-        """Correct the token charge with what the answer used (None: nothing, the estimate is given back)."""
-        if self.settled or not self.token_limits or self.limiter is None or self.redis is None:
-            self.settled = True
-            return
-        self.settled = True
-        delta = (used_tokens or 0) - self.estimate
-        if delta:
-            await self.limiter.adjust(self.redis, self.token_limits, delta)
-
-    def settle_later(self, used_tokens: int | None) -> None:
-        """:meth:`settle` without waiting for it (a stream cut short, or a client gone)."""
-        if self.settled:
-            return
-        task = asyncio.get_running_loop().create_task(self.settle(used_tokens))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+    def meter_whole(self, status: int, body: bytes) -> None:
+        self.used = whole_usage(body) if status == 200 else None
 
     async def metered(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Relay a stream's pieces unchanged, then settle its tokens (from its usage chunk, or the estimate
-        plus one token per text chunk)."""
+        """Relay a stream's pieces unchanged, noting its tokens as they go: its usage chunk's, or the
+        estimate plus one token per text chunk (so far, when it is cut short or the client leaves)."""
         usage: int | None = None
-        chunks = 0
-        try:
-            async for piece in pieces:
-                chunks += piece.count(_TEXT_DELTA)
-                if _USAGE in piece:
-                    usage = _stream_usage(piece) or usage
-                yield piece
-        except BaseException:
-            self.settle_later(usage if usage is not None else self.estimate + chunks)
-            raise
-        await self.settle(usage if usage is not None else self.estimate + chunks)
+        self.used = self.estimate
+        async for piece in pieces:
+            if _USAGE in piece:
+                usage = _stream_usage(piece) or usage
+            self.used = usage if usage is not None else self.used + piece.count(_TEXT_DELTA)
+            yield piece
+
+    async def finish(self) -> None:
+        """After the answer: correct the token charge and store the cache entry, in one call."""
+        if self.finished or self.limiter is None or self.redis is None:
+            self.finished = True
+            return
+        self.finished = True
+        delta = (self.used or 0) - self.estimate
+        if (self.token_limits and delta) or self.write is not None:
+            limits = self.token_limits if delta else []
+            await self.limiter.settle(self.redis, limits, delta, self.write, self.write_ttl_ms)
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
-async def admit_chat(state: Any, scope: Scope, model: str, messages: list[dict[str, Any]]) -> Admission:
+async def admit_chat(
+    state: Any, scope: Scope, model: str, messages: list[dict[str, Any]], cache_key: str | None = None
+) -> Admission:
     """Admit a chat request for ``model`` under the limits of its API key (``scope["state"]["api_key"]``,
-    set by authentication; None or absent: no key) or client address; raises :class:`APIError` 429/503."""
+    set by authentication; None or absent: no key) or client address, and read its cache entry
+    (``cache_key``) in the same call; raises :class:`APIError` 429/503."""
     limiter: Limiter = state.limiter
     api_key = scope.get("state", {}).get("api_key")
-    if api_key is None and limiter.anonymous is None:
+    if api_key is None and limiter.anonymous is None and cache_key is None:
         return _NO_LIMITS
     client = scope.get("client")
     limits = limiter.limits(
@@ -200,12 +158,12 @@ async def admit_chat(state: Any, scope: Scope, model: str, messages: list[dict[s
         client=client[0] if client else None,
         model=model,
     )
-    if not limits:
+    if not limits and cache_key is None:
         return _NO_LIMITS
-    return await limiter.admit(getattr(state, "redis", None), limits, estimate_messages(messages))
+    return await limiter.admit(getattr(state, "redis", None), limits, estimate_messages(messages), cache_key)
 
 
-_NO_LIMITS = Admission(settled=True)  # shared: it holds nothing to settle and is never changed
+_NO_LIMITS = Admission(finished=True)  # shared: nothing to settle, nothing read; never changed
 
 
 class Limiter:
@@ -224,7 +182,10 @@ class Limiter:
         self.anonymous = anonymous
         self.failure = failure
         self.prefix = prefix
+        self._source = _SCRIPT_FILE.read_text()
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
         self._scripts: dict[int, AsyncScript] = {}
+        self._fast: dict[int, FastConnection | None] = {}
         self._warned = 0.0
 
     def limits(
@@ -253,47 +214,82 @@ class Limiter:
                 found.append(_Limit(f"{base}:m:{model}:t", "tokens", default.tpm, what))
         return found
 
-    def _script(self, redis: Redis) -> AsyncScript:
-        script = self._scripts.get(id(redis))
-        if script is None:
-            script = self._scripts[id(redis)] = redis.register_script(_SCRIPT)
-        return script
+    async def _run(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
+        """The script, by EVALSHA on the lean connection to ``redis``'s server (loaded again if Redis has
+        forgotten it), or through ``redis`` itself where that connection cannot be had."""
+        key = id(redis)
+        if key not in self._fast:
+            self._fast[key] = fast_connection_for(redis)
+        fast = self._fast[key]
+        if fast is None:
+            script = self._scripts.get(key)
+            if script is None:
+                script = self._scripts[key] = redis.register_script(self._source)
+            return await script(keys=keys, args=args)
+        try:
+            return await fast.call("EVALSHA", self._sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            await fast.call("SCRIPT", "LOAD", self._source)
+            return await fast.call("EVALSHA", self._sha, len(keys), *keys, *args)
 
-    async def admit(self, redis: Redis | None, limits: list[_Limit], tokens: int) -> Admission:
-        """Charge one request and ``tokens`` (the prompt's estimate) against ``limits``; raises
-        :class:`APIError` 429 (a limit is reached) or 503 (Redis unreachable and the policy is closed)."""
-        if not limits:
-            return Admission()
+    def close(self) -> None:
+        """Close the lean connections (the app's shutdown)."""
+        for fast in self._fast.values():
+            if fast is not None:
+                fast.close()
+        self._fast.clear()
+
+    async def admit(
+        self, redis: Redis | None, limits: list[_Limit], tokens: int, cache_key: str | None = None
+    ) -> Admission:
+        """Charge one request and ``tokens`` (the prompt's estimate) against ``limits``, and read the cache
+        entry ``cache_key``, in one call; raises :class:`APIError` 429 (a limit is reached) or 503 (Redis
+        unreachable and the policy is closed)."""
         if redis is None:
-            return self._unavailable("no Redis is configured (GATEWAY_REDIS_URL)")
-        args: list[Any] = ["admit"]
+            return self._unavailable(limits, "no Redis is configured (GATEWAY_REDIS_URL)")
+        args: list[Any] = ["admit", len(limits)]
         for limit in limits:
             args += [limit.per_minute, 1 if limit.kind == "requests" else tokens]
+        keys = [limit.key for limit in limits]
+        if cache_key is not None:
+            keys.append(cache_key)
         try:
-            result = await self._script(redis)(keys=[limit.key for limit in limits], args=args)
+            result = await self._run(redis, keys, args)
         except (RedisError, OSError) as exc:
-            return self._unavailable(str(exc) or type(exc).__name__)
-        allowed = bool(result[0])
+            return self._unavailable(limits, str(exc) or type(exc).__name__)
         views = [
             (limit, int(result[3 * i + 1]), int(result[3 * i + 2]), int(result[3 * i + 3]))
             for i, limit in enumerate(limits)
         ]
         headers = _headers(views)
-        if not allowed:
+        if not result[0]:
             raise _refusal(views, tokens, headers)
         token_limits = [limit for limit in limits if limit.kind == "tokens"]
-        return Admission(self, redis, token_limits, tokens, headers)
+        cached = result[3 * len(limits) + 1] if len(result) > 3 * len(limits) + 1 else None
+        return Admission(self, redis, token_limits, tokens, headers, cached)
 
-    async def adjust(self, redis: Redis, limits: list[_Limit], delta: int) -> None:
-        args: list[Any] = ["adjust"]
+    async def settle(
+        self, redis: Redis, limits: list[_Limit], delta: int, write: tuple[str, bytes] | None, ttl_ms: int
+    ) -> None:
+        """Move ``limits`` by ``delta`` tokens and store ``write`` (key, value) for ``ttl_ms``, in one call."""
+        args: list[Any] = ["settle", len(limits)]
         for limit in limits:
             args += [limit.per_minute, delta]
+        keys = [limit.key for limit in limits]
+        if write is not None:
+            keys.append(write[0])
+            args += [write[1], ttl_ms]
         try:
-            await self._script(redis)(keys=[limit.key for limit in limits], args=args)
+            await self._run(redis, keys, args)
         except (RedisError, OSError) as exc:
-            self._warn(f"token usage not corrected: {exc}")
+            self._warn(f"token usage not corrected, answer not cached: {exc}")
 
-    def _unavailable(self, reason: str) -> Admission:
+    def _unavailable(self, limits: list[_Limit], reason: str) -> Admission:
+        if not limits:  # only the cache was asked: answered from the model, nothing stored
+            self._warn(f"response cache not read: Redis is unreachable ({reason})")
+            return Admission(cached=UNAVAILABLE)
         if self.failure == "closed":
             raise APIError(
                 503,
@@ -303,7 +299,7 @@ class Limiter:
                 headers={"Retry-After": "2"},
             )
         self._warn(f"answering without rate limits: Redis is unreachable ({reason})")
-        return Admission(headers=[UNAVAILABLE_HEADER])
+        return Admission(headers=[UNAVAILABLE_HEADER], cached=UNAVAILABLE)
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

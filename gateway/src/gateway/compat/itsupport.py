@@ -141,13 +141,15 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     try:
         response = await proxy.call_model(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:
+        await admission.finish()  # no answer: the token estimate is given back
         raise SupportError(
             503 if exc.status_code in (404, 503) else 500,
             "Service Unavailable" if exc.status_code in (404, 503) else "Internal Server Error",
             exc.message,
         ) from exc
     assert isinstance(response, Response)
-    await metered(admission, response)  # the tokens used, counted against the limits
+    metered(admission, response)
+    await admission.finish()  # the tokens used, counted against the limits
     payload = orjson.loads(response.body)
     if response.status_code != 200:
         message = (payload.get("error") or {}).get("message", "the model failed")

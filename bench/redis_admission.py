@@ -1,0 +1,195 @@
+"""What rate limits and the response cache cost the gateway, and how exact a limit is across replicas.
+
+    .venv/bin/python bench/redis_admission.py [--rounds 3] [--requests 300] [--requests-concurrent 1600]
+
+Starts ``bench/fake_upstream.py`` (zero latency), a private ``redis-server`` and two gateways
+(``bench/gateway_on_redis.py``) on that Redis: "off" with no limit configured, answering requests that do
+not ask for the cache (Redis is never asked), and "on" with limits per client address and per model
+(four limits checked and charged by one script call per request, never reached) answering requests that
+ask for the cache, each with its own seed, so every request pays the whole cost: the limit script, a cache
+lookup that misses, the token correction and the store of its answer. The passes alternate over rounds
+(concurrency 1 and 32, streamed and not) so drift on a shared machine hits both. Prints p50 latency, the
+added p50 at concurrency 1 and the throughput ratio on/off.
+
+Then, limit accuracy: three gateway processes share the Redis under one limit of ``--limit`` requests a
+minute per client address and get ``--accuracy-requests`` requests at concurrency 48, spread over the
+three; the allowed count is compared with what GCRA allows in the time the load took (the limit, plus
+the refill of limit/60 a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gateway_overhead import BODY, Samples, _one
+from bench.machine import describe
+from tests.gateway.private_redis import redis_server
+from tests.services import free_port, start_service
+
+SEEDS = itertools.count(1)
+BIG = 1_000_000_000
+ON_LIMITS = {
+    "GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": BIG, "tpm": BIG}),
+    "GATEWAY_RATE_LIMITS": json.dumps({"*": {"rpm": BIG, "tpm": BIG}}),
+}
+
+
+def body(*, stream: bool, cache: bool) -> bytes:
+    extra = {"cache": True} if cache else {}
+    return json.dumps({**BODY, "stream": stream, "seed": next(SEEDS), **extra}, separators=(",", ":")).encode()
+
+
+async def run_load(base: str, *, stream: bool, cache: bool, concurrency: int, requests: int) -> Samples:
+    url = f"{base}/v1/chat/completions"
+    samples = Samples()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        for _ in range(concurrency):  # warm the connections
+            await _one(session, url, body(stream=stream, cache=cache), Samples())
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await _one(session, url, body(stream=stream, cache=cache), samples)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        samples.elapsed = time.perf_counter() - started
+    return samples
+
+
+async def accuracy_load(bases: list[str], requests: int, concurrency: int) -> tuple[dict[int, int], float]:
+    """Send ``requests`` over ``bases`` in turn; the count of each status and the seconds the load took."""
+    statuses: dict[int, int] = {}
+    targets = itertools.cycle(bases)
+    payload = json.dumps(BODY).encode()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                url = f"{next(targets)}/v1/chat/completions"
+                async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return statuses, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=300, help="requests per pass at concurrency 1")
+    parser.add_argument("--requests-concurrent", type=int, default=1600, help="requests per pass at 32")
+    parser.add_argument("--limit", type=int, default=3000, help="requests a minute, for the accuracy part")
+    parser.add_argument("--accuracy-requests", type=int, default=6000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    scenarios = [(1, False), (1, True), (32, False), (32, True)]
+    totals = {(mode, c, s): Samples() for mode in ("off", "on") for c, s in scenarios}
+    with ExitStack() as running, redis_server() as store:
+        up_port = free_port()
+        fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port)], {}, up_port, logs)
+        running.callback(fake.stop)
+        common = {"GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}), "BENCH_REDIS_URL": store.url}
+
+        def gateway(name: str, env: dict[str, str]) -> str:
+            port = free_port()
+            service = start_service(
+                name, ["bench/gateway_on_redis.py"], {**common, **env, "GATEWAY_PORT": str(port)}, port, logs
+            )
+            running.callback(service.stop)
+            return service.url
+
+        urls = {"off": gateway("gateway-off", {}), "on": gateway("gateway-on", ON_LIMITS)}
+        for round_ in range(args.rounds):
+            for concurrency, stream in scenarios:
+                n = args.requests if concurrency == 1 else args.requests_concurrent
+                order = ["off", "on"] if round_ % 2 == 0 else ["on", "off"]
+                for mode in order:
+                    samples = asyncio.run(
+                        run_load(urls[mode], stream=stream, cache=mode == "on", concurrency=concurrency, requests=n)
+                    )
+                    totals[(mode, concurrency, stream)].add(samples)
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+        cached = len(redis.Redis.from_url(store.url).keys("sb:cache:*"))
+
+        replicas = [
+            gateway(f"gateway-limit-{i}", {"GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": args.limit})})
+            for i in range(3)
+        ]
+        redis.Redis.from_url(store.url).flushdb()
+        statuses, took = asyncio.run(accuracy_load(replicas, args.accuracy_requests, 48))
+
+    rows = []
+    for concurrency, stream in scenarios:
+        off, on = (totals[(m, concurrency, stream)].summary() for m in ("off", "on"))
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "stream": stream,
+                "off": off,
+                "on": on,
+                "added_p50_ms": on["p50_ms"] - off["p50_ms"],
+                "rps_ratio": on["rps"] / off["rps"],
+            }
+        )
+    allowed = statuses.get(200, 0)
+    gcra = args.limit + args.limit * took / 60  # the burst, and the refill while the load ran
+    accuracy = {
+        "statuses": statuses,
+        "seconds": took,
+        "limit": args.limit,
+        "gcra_allows": gcra,
+        "error": allowed / gcra - 1,
+    }
+
+    print(f"\nmachine: {describe()}")
+    print(f"{args.rounds} rounds; 'on' answers stored in the cache: {cached} (each request its own seed: all misses)\n")
+    print("| concurrency | stream | off p50 ms | on p50 ms | added p50 ms | off req/s | on req/s | on/off |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        off, on = row["off"], row["on"]
+        print(
+            f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {off['p50_ms']:.3f} | {on['p50_ms']:.3f} | "
+            f"{row['added_p50_ms']:.3f} | {off['rps']:.0f} | {on['rps']:.0f} | {row['rps_ratio']:.2f} |"
+        )
+    worst = max(r["added_p50_ms"] for r in rows if r["concurrency"] == 1)
+    c32 = next(r for r in rows if r["concurrency"] == 32 and r["stream"])
+    print(f"\ntarget added p50 at concurrency 1 <= 0.3 ms: {worst:.3f} ms ({'met' if worst <= 0.3 else 'NOT met'})")
+    print(
+        f"target streaming throughput at concurrency 32 on/off >= 0.9: {c32['rps_ratio']:.2f} "
+        f"({'met' if c32['rps_ratio'] >= 0.9 else 'NOT met'})"
+    )
+    print(
+        f"\nlimit accuracy, 3 gateways on one Redis, {args.limit} requests/min, {args.accuracy_requests} requests at "
+        f"concurrency 48 in {took:.2f} s: allowed {allowed}, refused {statuses.get(429, 0)}, other "
+        f"{sum(v for k, v in statuses.items() if k not in (200, 429))}; GCRA allows {gcra:.1f} in that time "
+        f"(limit + refill): error {accuracy['error'] * 100:+.2f} % "
+        f"({'within' if abs(accuracy['error']) <= 0.01 else 'NOT within'} 1 %)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "accuracy": accuracy}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
