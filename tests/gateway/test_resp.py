@@ -70,3 +70,19 @@ async def test_a_hung_redis_fails_the_call_after_the_timeout_and_a_restarted_one
 def test_tls_connections_are_left_to_redis_py() -> None:
     assert fast_connection_for(Redis.from_url("rediss://127.0.0.1:6380/0")) is None
     assert fast_connection_for(Redis.from_url("unix:///tmp/redis.sock")) is not None
+
+
+def test_it_works_on_uvloop_the_servers_event_loop() -> None:
+    """uvicorn runs the gateway on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def admitted_twice(url: str) -> list[bytes]:
+        limiter, limits = _limiter()
+        redis = Redis.from_url(url)
+        answers = [await limiter.admit(redis, limits, 1) for _ in range(2)]
+        limiter.close()
+        await redis.aclose()
+        return [a.headers[1][1] for a in answers]
+
+    with redis_server() as server:
+        assert uvloop.run(admitted_twice(server.url)) == [b"99", b"98"]

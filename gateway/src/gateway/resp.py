@@ -52,10 +52,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, owner: FastConnection) -> None:
         self.owner = owner
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio's or uvloop's (not an asyncio.Transport subclass)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
