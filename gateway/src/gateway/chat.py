@@ -30,6 +30,7 @@ from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
 from gateway.answer import AnswerFilter, count_chat, metered, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
+from gateway.auth import allow_model
 from gateway.cache import subject_of, wants_cache
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
@@ -76,6 +77,7 @@ class ChatRoutes:
                 settings = self.state.settings
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
                 data, reframe = chat.model_dump(exclude_unset=True), finetunellm.reframe_stream
+                allow_model(scope, chat.model)
             else:
                 data = json_object(body, "with 'model' and 'messages'")
                 if scope["path"] == chatqna.CHAT_PATH:
@@ -87,6 +89,8 @@ class ChatRoutes:
                     profile, data = select_profile(self.state.profiles, data, scope["headers"])
                     answer_as = profile.id if profile is not None else None
                 chat = chat_request(data)
+                # The key's allow-list names what clients name: a profile (virtual model) or a model.
+                allow_model(scope, profile.id if profile is not None else chat.model)
                 wants = wants_cache(data, scope["headers"], profile is not None and profile.cache)
                 if answer_as is not None:
                     body = orjson.dumps(data)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["FinetuneSampling", "RateLimit", "Settings"]
+__all__ = ["FinetuneSampling", "RateLimit", "Settings", "is_loopback"]
 
 # The FineTuneLLM backend's stop sequences (seed 003's README).
 FINETUNE_STOPS = (
@@ -164,6 +165,57 @@ class Settings(BaseSettings):
         "top_p, top_k, repeat_penalty, stop, seed; missing ones keep the seed's values (no seed), null ones "
         "are left to the model's defaults).",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis (or Valkey) URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path for "
+        "a socket): the gateway's shared state (API keys, rate limits, response cache). Empty: no Redis, "
+        "so no API keys (GATEWAY_AUTH must then be off, the default on a loopback bind).",
+    )
+    redis_prefix: str = Field(
+        "switchboard:",
+        min_length=1,
+        description="Prefix of every Redis key the gateway writes, so several deployments can share one Redis.",
+    )
+    redis_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="Connect and reply timeout of every Redis call, in seconds; past it a request that needs "
+        "Redis (an API key check) answers 503.",
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="API keys: 'on' every route but /health, /ready, /metrics and the docs needs a key "
+        "(Authorization: Bearer sk-... or x-api-key), 'off' none does, 'auto' is off on a loopback "
+        "GATEWAY_HOST (127.0.0.1, ::1, localhost) without GATEWAY_API_KEYS_FILE, on otherwise. On needs "
+        "GATEWAY_REDIS_URL.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="YAML file of API keys (name, sha256 or secret, models, rpm, tpm, expires) put into Redis "
+        "at every start, for simple setups; see gateway/src/gateway/keys_file.py. Setting it turns "
+        "GATEWAY_AUTH=auto on. A bad file stops the gateway at start.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the gateway (CORS), as a JSON list, e.g. "
+        '["https://chat.example.com"]; ["*"] allows any. Empty: CORS is off (no CORS headers, no preflight).',
+    )
+    cors_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST", "DELETE"],
+        description="HTTP methods a browser may use cross-origin (JSON list), when GATEWAY_CORS_ORIGINS is set.",
+    )
+    cors_headers: list[str] = Field(
+        default_factory=lambda: [
+            "Authorization",
+            "Content-Type",
+            "X-API-Key",
+            "X-Request-ID",
+            "X-Session-ID",
+            "X-Switchboard-Profile",
+            "X-Switchboard-Cache",
+        ],
+        description="Request headers a browser may send cross-origin (JSON list), when GATEWAY_CORS_ORIGINS is set.",
+    )
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=dict,
         description='Default rate limits per model, as JSON: model id (or "*" for any model) -> {"rpm": requests '
@@ -192,6 +244,24 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key: ``auth``, with 'auto' resolved from the bind address."""
+        if self.auth == "auto":
+            return not is_loopback(self.host) or self.api_keys_file is not None
+        return self.auth == "on"
+
+    @model_validator(mode="after")
+    def _auth_needs_redis(self) -> Settings:
+        if self.auth_enabled and self.redis_url is None:
+            why = "GATEWAY_AUTH=on" if self.auth == "on" else f"GATEWAY_AUTH=auto (bind {self.host}, keys file)"
+            raise ValueError(
+                f"{why} needs API keys, which live in Redis, but GATEWAY_REDIS_URL is empty. Set "
+                "GATEWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or bind 127.0.0.1, or set GATEWAY_AUTH=off "
+                "to serve without keys (anyone who can reach the port can then use every model)."
+            )
+        return self
+
     @field_validator("services")
     @classmethod
     def _urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -205,10 +275,27 @@ class Settings(BaseSettings):
                     raise ValueError(f"service '{name}': '{url}' is not an http(s) URL")
         return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
 
-    @field_validator("profiles_file", mode="before")
+    @field_validator("profiles_file", "api_keys_file", mode="before")
     @classmethod
     def _optional_path(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"'{origin}' is not an origin (scheme://host[:port], or *)")
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"'{value}' is not a redis://, rediss:// or unix:// URL")
+        return value.strip()
 
     @field_validator("history_url", "retriever_url")
     @classmethod
@@ -218,3 +305,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 
 from chat_common.context import REQUEST_ID_HEADER, request_id
 from chat_common.errors import APIError
+from gateway.auth import allow_model
 from gateway.proxy import Proxy
 from gateway.registry import Replica, describe_error
 
@@ -26,11 +27,13 @@ router = APIRouter(tags=["model management"])
 
 @router.post("/v1/models/{model:path}/load")
 async def load(request: Request, model: str) -> dict[str, Any]:
+    allow_model(request.scope, model)
     return await on_every_replica(request.app.state.proxy, model, "load")
 
 
 @router.post("/v1/models/{model:path}/unload")
 async def unload(request: Request, model: str) -> dict[str, Any]:
+    allow_model(request.scope, model)
     return await on_every_replica(request.app.state.proxy, model, "unload")
 
 

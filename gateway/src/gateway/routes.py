@@ -14,6 +14,7 @@ from starlette.responses import Response
 from chat_common.errors import APIError
 from chat_common.metrics import metrics_response
 from chat_common.requests import json_object
+from gateway.auth import allow_model
 from gateway.proxy import Proxy
 from gateway.retrieval import RetrieverClient, RetrieverUnavailable
 
@@ -35,6 +36,7 @@ async def list_models(request: Request) -> dict[str, object]:
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> dict[str, Any]:
     """One model's card (the SDK's ``models.retrieve``); 404 listing the available models otherwise."""
+    allow_model(request.scope, model)
     proxy = _proxy(request)
     await proxy.route(model)  # re-reads the services once when the model is unknown; 404 if still unknown
     card = proxy.registry.card(model)
@@ -48,6 +50,8 @@ async def embeddings(request: Request) -> dict[str, Any]:
     """OpenAI's embeddings, answered by the retriever's embedders (its ``/v1/embeddings``)."""
     retriever: RetrieverClient | None = request.app.state.retriever
     body = json_object(await request.body(), "with 'input' (and optionally 'model')")
+    if isinstance(body.get("model"), str):
+        allow_model(request.scope, body["model"])
     if retriever is None:
         raise APIError(
             400,

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from gateway.auth import allow_model
 from gateway.model_admin import on_every_replica
 from gateway.proxy import Proxy
 
@@ -31,9 +32,11 @@ async def list_models(request: Request) -> dict[str, object]:
 
 @router.post("/models/{model:path}/load")
 async def load(request: Request, model: str) -> dict[str, Any]:
+    allow_model(request.scope, model)
     return await on_every_replica(request.app.state.proxy, model, "load")
 
 
 @router.delete("/models/{model:path}/unload")
 async def unload(request: Request, model: str) -> dict[str, Any]:
+    allow_model(request.scope, model)
     return await on_every_replica(request.app.state.proxy, model, "unload")

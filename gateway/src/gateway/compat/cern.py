@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from chat_common.errors import APIError, validation_message
 from chat_common.requests import chat_request, json_object
 from gateway.answer import count_chat, model_answer
+from gateway.auth import allow_model
 from gateway.limits import admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profiles import Profile, Profiles
@@ -77,6 +78,7 @@ async def chat(request: Request) -> Response:
         message, param = validation_message(list(exc.errors(include_url=False)))
         raise APIError(400, message, param=param, code="invalid_value") from None
     profile = _profile(request)
+    allow_model(request.scope, profile.id)
     messages = [{"role": _role(t.role), "content": t.content} for t in ask.history]
     messages.append({"role": "user", "content": ask.user_prompt})
     body = profile.apply({"messages": messages, "stream": False})

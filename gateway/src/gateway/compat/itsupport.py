@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from chat_common.errors import APIError
 from gateway.answer import metered
+from gateway.auth import allow_model
 from gateway.credentials import mask_credentials
 from gateway.limits import admit_chat
 from gateway.proxy import Proxy
@@ -85,6 +86,7 @@ def _parse(body: bytes) -> SupportQuery:
 @router.post("", include_in_schema=False)  # both spellings answer (no redirect to the slashed one)
 async def chat(request: Request) -> Response:
     started = time.perf_counter()
+    allow_model(request.scope, request.app.state.settings.rag_model)  # the API key's allow-list: 403
     try:
         answer = await _answer(request, _parse(await request.body()))
     except SupportError as exc:

@@ -1,0 +1,149 @@
+"""Authentication: the admission layer that checks every request's API key, and the per-model allow-list.
+
+:class:`Authentication` wraps the routes (chat hot path and FastAPI) in ``Gateway.__init__``. With
+``GATEWAY_AUTH`` on, every HTTP request but the open paths (:data:`OPEN_PATHS`: liveness, readiness and
+metrics probes, and the API documentation, so Swagger UI can load before a key is entered) needs a key,
+``Authorization: Bearer sk-...`` or ``x-api-key: sk-...``. The key's record (:class:`ApiKey`) is put in
+``scope["state"]["api_key"]`` (``request.state.api_key`` in FastAPI routes); None when auth is off or
+the path is open. Refusals are OpenAI's envelope: 401 missing, wrong or expired key, 503 when Redis
+cannot be asked (a request is never let through unchecked).
+
+The allow-list needs the model a request names, which only its route knows: routes call
+:func:`allow_model` once they do (the chat hot path after parsing the body).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chat_common.errors import APIError, error_response
+from gateway.api_keys import ApiKey, KeyStore
+from gateway.redis_state import REDIS_ERRORS
+
+__all__ = ["OPEN_PATHS", "Authentication", "allow_model", "api_key_of"]
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/static-offline-docs/",)  # Swagger UI's and ReDoc's scripts (fastapi-offline)
+_AUTHORIZATION = b"authorization"
+_X_API_KEY = b"x-api-key"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="switchboard"'}
+
+
+def api_key_of(scope: Scope) -> ApiKey | None:
+    """The request's verified key (None: auth is off, or the path is open)."""
+    state: dict[str, Any] = scope.get("state") or {}
+    key: ApiKey | None = state.get("api_key")
+    return key
+
+
+def allow_model(scope: Scope, model: str) -> None:
+    """403 in OpenAI's envelope unless the request's key may use ``model`` (a model or profile id)."""
+    key = api_key_of(scope)
+    if key is None or key.allows(model):
+        return
+    allowed = ", ".join(key.models or ()) or "none"
+    raise APIError(
+        403,
+        f"The API key '{key.name}' ({key.id}) may not use the model '{model}'. It may use: {allowed}. "
+        "Ask the operator for a key that allows this model.",
+        param="model",
+        code="model_not_allowed",
+    )
+
+
+def secret_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key a request sends: ``Authorization: Bearer <key>``, else ``x-api-key: <key>``."""
+    fallback = None
+    for name, value in headers:
+        if name == _AUTHORIZATION:
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == _X_API_KEY and value.strip():
+            fallback = value.decode("latin-1").strip()
+    return fallback
+
+
+def _unauthorized(message: str, code: str) -> APIError:
+    return APIError(401, message, code=code, headers=_CHALLENGE)
+
+
+class Authentication:
+    """ASGI layer: checks the API key of every HTTP request (``enabled``), then calls ``app``.
+
+    ``state`` is the FastAPI app's state; its ``api_keys`` (a :class:`KeyStore`, or None without Redis) is
+    set by the lifespan, so it is read per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, state: State, enabled: bool) -> None:
+        self.app = app
+        self.state = state
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_state = scope.get("state")
+        if request_state is None:
+            request_state = scope["state"] = {}
+        path: str = scope["path"]
+        if not self.enabled or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            request_state["api_key"] = None
+            await self.app(scope, receive, send)
+            return
+        try:
+            request_state["api_key"] = await self._verify(secret_of(scope["headers"]))
+        except APIError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _verify(self, secret: str | None) -> ApiKey:
+        if secret is None:
+            raise _unauthorized(
+                "Missing API key. Send it as 'Authorization: Bearer sk-...' (or 'x-api-key: sk-...'); the "
+                "operator creates keys with `python -m gateway keys create NAME`.",
+                "missing_api_key",
+            )
+        store: KeyStore | None = getattr(self.state, "api_keys", None)
+        if store is None:  # the lifespan has not run or there is no Redis: never let the request through
+            raise _unavailable("no Redis is configured")
+        try:
+            key = await store.lookup(secret)
+        except REDIS_ERRORS as exc:
+            logger.warning("auth: Redis cannot be asked for an API key: %s", exc)
+            raise _unavailable(str(exc) or type(exc).__name__) from None
+        if key is None:
+            raise _unauthorized(
+                f"Incorrect API key provided: {_hint(secret)}. Check the key, or ask the operator for one "
+                "(`python -m gateway keys list` shows the existing ones).",
+                "invalid_api_key",
+            )
+        if key.expired():
+            raise _unauthorized(
+                f"The API key '{key.name}' ({key.id}) has expired. Ask the operator for a new one.",
+                "expired_api_key",
+            )
+        return key
+
+
+def _unavailable(why: str) -> APIError:
+    return APIError(
+        503,
+        f"API keys cannot be checked right now (Redis: {why}). Retry in a moment; if it lasts, the operator "
+        "should check that Redis at GATEWAY_REDIS_URL is running.",
+        code="auth_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _hint(secret: str) -> str:
+    """A secret as OpenAI shows a wrong one: its first and last characters only."""
+    return f"{secret[:3]}...{secret[-4:]}" if len(secret) > 12 else "***"
