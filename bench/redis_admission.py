@@ -3,12 +3,14 @@
     .venv/bin/python bench/redis_admission.py [--rounds 3] [--requests 300] [--requests-concurrent 1600]
 
 Starts ``bench/fake_upstream.py`` (zero latency), a private Redis (``scripts/local_redis.py``) and two
-gateways (``python -m gateway``, ``GATEWAY_REDIS_URL`` on that Redis): "off" with no limit configured, answering requests that do
-not ask for the cache (Redis is never asked), and "on" with limits per client address and per model
-(four limits checked and charged by one script call per request, never reached) answering requests that
-ask for the cache, each with its own seed, so every request pays the whole cost: the limit script, a cache
-lookup that misses, the token correction and the store of its answer. The passes alternate over rounds
-(concurrency 1 and 32, streamed and not) so drift on a shared machine hits both. Prints p50 latency, the
+gateways (``python -m gateway`` with ``GATEWAY_REDIS_URL`` on that Redis): "off" with authentication off
+and no limit configured, answering requests that do not ask for the cache (Redis is never asked), and
+"on" with authentication on (an API key with its own limits) and per-model limits (four limits checked
+and charged by one script call per request, never reached), answering requests that ask for the cache,
+each with its own seed, so every request pays the whole cost: the key check, the limit script with the
+cache lookup (a miss), and after the answer the token correction with the store of the answer. The
+passes alternate over rounds (concurrency 1 and 32, streamed and not) so drift on a shared machine hits
+both. Prints p50 latency, the
 added p50 at concurrency 1 and the throughput ratio on/off.
 
 Then, limit accuracy: three gateway processes share the Redis under one limit of ``--limit`` requests a
@@ -31,19 +33,42 @@ from pathlib import Path
 
 import aiohttp
 import redis
+from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.gateway_overhead import BODY, Samples, _one
+from bench.gateway_overhead import BODY, Samples
 from bench.machine import describe
+from gateway.api_keys import KeyStore
 from scripts.local_redis import LocalRedis, server_binary
 from tests.services import free_port, start_service
 
 SEEDS = itertools.count(1)
 BIG = 1_000_000_000
-ON_LIMITS = {
-    "GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": BIG, "tpm": BIG}),
-    "GATEWAY_RATE_LIMITS": json.dumps({"*": {"rpm": BIG, "tpm": BIG}}),
-}
+ON = {"GATEWAY_AUTH": "on", "GATEWAY_RATE_LIMITS": json.dumps({"*": {"rpm": BIG, "tpm": BIG}})}
+HEADERS = {"Content-Type": "application/json"}
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, samples: Samples, headers: dict[str, str]
+) -> None:
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers=headers) as response:
+        first = await response.content.readany()
+        samples.ttfb.append(time.perf_counter() - started)
+        rest = await response.read()
+        if response.status != 200 or not (first + rest):
+            raise RuntimeError(f"{url}: HTTP {response.status}: {(first + rest)[:300]!r}")
+    samples.latency.append(time.perf_counter() - started)
+
+
+async def _api_key(url: str) -> str:
+    """A key with limits of its own (never reached) in the bench's Redis; its secret."""
+    redis = Redis.from_url(url)
+    try:
+        _, secret = await KeyStore(redis, "switchboard:").create("bench", rpm=BIG, tpm=BIG)
+    finally:
+        await redis.aclose()
+    return secret
 
 
 def body(*, stream: bool, cache: bool) -> bytes:
@@ -51,19 +76,21 @@ def body(*, stream: bool, cache: bool) -> bytes:
     return json.dumps({**BODY, "stream": stream, "seed": next(SEEDS), **extra}, separators=(",", ":")).encode()
 
 
-async def run_load(base: str, *, stream: bool, cache: bool, concurrency: int, requests: int) -> Samples:
+async def run_load(
+    base: str, *, stream: bool, cache: bool, concurrency: int, requests: int, headers: dict[str, str]
+) -> Samples:
     url = f"{base}/v1/chat/completions"
     samples = Samples()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         for _ in range(concurrency):  # warm the connections
-            await _one(session, url, body(stream=stream, cache=cache), Samples())
+            await _one(session, url, body(stream=stream, cache=cache), Samples(), headers)
         remaining = requests
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                await _one(session, url, body(stream=stream, cache=cache), samples)
+                await _one(session, url, body(stream=stream, cache=cache), samples, headers)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -121,14 +148,23 @@ def main() -> None:
             running.callback(service.stop)
             return service.url
 
-        urls = {"off": gateway("gateway-off", {}), "on": gateway("gateway-on", ON_LIMITS)}
+        secret = asyncio.run(_api_key(store.url))
+        headers = {"off": HEADERS, "on": {**HEADERS, "Authorization": f"Bearer {secret}"}}
+        urls = {"off": gateway("gateway-off", {}), "on": gateway("gateway-on", ON)}
         for round_ in range(args.rounds):
             for concurrency, stream in scenarios:
                 n = args.requests if concurrency == 1 else args.requests_concurrent
                 order = ["off", "on"] if round_ % 2 == 0 else ["on", "off"]
                 for mode in order:
                     samples = asyncio.run(
-                        run_load(urls[mode], stream=stream, cache=mode == "on", concurrency=concurrency, requests=n)
+                        run_load(
+                            urls[mode],
+                            stream=stream,
+                            cache=mode == "on",
+                            concurrency=concurrency,
+                            requests=n,
+                            headers=headers[mode],
+                        )
                     )
                     totals[(mode, concurrency, stream)].add(samples)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
@@ -138,7 +174,7 @@ def main() -> None:
             gateway(f"gateway-limit-{i}", {"GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": args.limit})})
             for i in range(3)
         ]
-        redis.Redis.from_url(store.url).flushdb()
+        redis.Redis.from_url(store.url).flushdb()  # the accuracy part starts from rest
         statuses, took = asyncio.run(accuracy_load(replicas, args.accuracy_requests, 48))
 
     rows = []
