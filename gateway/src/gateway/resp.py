@@ -98,20 +98,31 @@ class FastConnection:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._outgoing: list[bytes] = []
 
     async def call(self, *args: str | bytes | int | float) -> Any:
         protocol = self._protocol or await self._connect()
         return await self._send(protocol, args)
 
     def _send(self, protocol: _Protocol, args: tuple[str | bytes | int | float, ...]) -> asyncio.Future[Any]:
+        """Queue the command; the commands queued in one turn of the event loop go out in one write (one
+        system call for all the requests that asked meanwhile, instead of one each)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        assert protocol.transport is not None
-        protocol.transport.write(_pack(args))
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(_pack(args))
         self.waiting.append((future, loop.time()))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout_s, self._check)
         return future
+
+    def _flush(self) -> None:
+        # What is queued belongs to the current connection: broken() empties the queue with the old one.
+        outgoing, self._outgoing = self._outgoing, []
+        protocol = self._protocol
+        if outgoing and protocol is not None and protocol.transport is not None:
+            protocol.transport.write(b"".join(outgoing))
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
@@ -169,6 +180,7 @@ class FastConnection:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         waiting, self.waiting = self.waiting, deque()
+        self._outgoing = []
         for future, _ in waiting:
             if not future.done():
                 future.set_exception(error)
