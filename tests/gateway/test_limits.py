@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import RateLimit
+from gateway.config import RateLimit, Settings
 from gateway.limits import Limiter, reset_text
 from scripts.local_redis import LocalRedis
 from tests.gateway.fakes import Replica, Reply, chat, chunk, completion, model_replica, running, sse
@@ -295,3 +295,34 @@ async def test_every_chat_route_is_limited(
         assert first.headers["x-ratelimit-remaining-requests"] == "0"
     else:
         assert second.json()["error"] == "Too Many Requests"
+
+
+def test_limits_without_redis_stop_the_gateway_at_start() -> None:
+    with pytest.raises(ValueError, match="GATEWAY_REDIS_URL"):
+        Settings(rate_limits={"*": {"rpm": 10}})
+    assert Settings(rate_limits={"*": {"rpm": 10}}, redis_url="redis://127.0.0.1:1/0").rate_limits["*"].rpm == 10
+
+
+async def test_a_cache_hit_counts_as_a_request_and_gives_its_tokens_back(redis_url: str, redis_prefix: str) -> None:
+    answer = completion()
+    answer.payload["usage"] = {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}
+    replica = model_replica().on("/v1/chat/completions", lambda r: answer)
+    body = chat(temperature=0, cache=True)
+    async with (
+        running(replica),
+        gateway_on_redis(
+            {"inference-gguf": [replica.url]},
+            redis_url,
+            redis_prefix,
+            rate_limit_anonymous={"rpm": 10, "tpm": 100},
+        ) as client,
+    ):
+        miss = await client.post("/v1/chat/completions", content=body)
+        hit = await client.post("/v1/chat/completions", content=body)
+        after = await client.post("/v1/chat/completions", content=chat())
+    assert (miss.headers["x-switchboard-cache"], hit.headers["x-switchboard-cache"]) == ("miss", "hit")
+    assert hit.headers["x-ratelimit-remaining-requests"] == "8"
+    assert hit.headers["x-ratelimit-remaining-tokens"] == str(100 - 50 - HI_ESTIMATE)
+    # the hit's estimate was given back: only the miss's 50 real tokens and this request's estimate count
+    assert after.headers["x-ratelimit-remaining-tokens"] == str(100 - 50 - HI_ESTIMATE)
+    assert len(replica.chat_requests()) == 2

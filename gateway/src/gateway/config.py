@@ -262,6 +262,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _limits_need_redis(self) -> Settings:
+        if (self.rate_limits or self.rate_limit_anonymous is not None) and self.redis_url is None:
+            raise ValueError(
+                "GATEWAY_RATE_LIMITS / GATEWAY_RATE_LIMIT_ANONYMOUS are counted in Redis, but GATEWAY_REDIS_URL is "
+                "empty. Set GATEWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or leave the limits empty."
+            )
+        return self
+
     @field_validator("services")
     @classmethod
     def _urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
