@@ -36,6 +36,7 @@ from gateway.profiles import load_profiles
 from gateway.proxy import Proxy
 from gateway.redis_state import REDIS_ERRORS, open_redis
 from gateway.registry import Registry
+from gateway.resp import fast_connection_for
 from gateway.retrieval import RetrieverClient
 from gateway.routes import router
 
@@ -59,7 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
                 aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
             )
             app.state.redis = redis = await stack.enter_async_context(open_redis(settings))
-            app.state.api_keys = KeyStore(redis, settings.redis_prefix) if redis is not None else None
+            # one lean pipelined connection for the hot path's calls: key lookups, limits, cache (gateway.resp)
+            fast = fast_connection_for(redis) if redis is not None else None
+            if redis is not None:
+                app.state.limiter.use(redis, fast)
+            app.state.api_keys = KeyStore(redis, settings.redis_prefix, fast=fast) if redis is not None else None
             if app.state.api_keys is not None and file_keys is not None:
                 try:
                     await seed_keys(app.state.api_keys, file_keys)

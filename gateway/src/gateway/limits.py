@@ -234,6 +234,10 @@ class Limiter:
             await fast.call("SCRIPT", "LOAD", self._source)
             return await fast.call("EVALSHA", self._sha, len(keys), *keys, *args)
 
+    def use(self, redis: Redis, fast: FastConnection | None) -> None:
+        """Run the script on ``fast`` (shared with other hot-path calls) for ``redis``; None: on ``redis``."""
+        self._fast[id(redis)] = fast
+
     def close(self) -> None:
         """Close the lean connections (the app's shutdown)."""
         for fast in self._fast.values():
