@@ -14,11 +14,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
 from chat_common import sse
+from chat_common.answer_filter import FILTER_HEADER, FilterSpec, StreamShaper, requested_filter
 from chat_common.context import access_fields
 from chat_common.errors import APIError
 from chat_common.generation import (
@@ -277,17 +279,30 @@ class EngineServing:
             watcher.cancel()
             prepared.seq.cancel()
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[bytes]:
-        """SSE events; if the client disconnects the generator is closed and the sequence cancelled."""
+    async def stream(self, prepared: Prepared, spec: FilterSpec | None = None) -> AsyncIterator[bytes]:
+        """SSE events; if the client disconnects the generator is closed and the sequence cancelled.
+        ``spec``: the answer filter the request pushed down (:mod:`chat_common.answer_filter`)."""
         include_usage = bool(prepared.request.stream_options and prepared.request.stream_options.include_usage)
+        shaper = StreamShaper(spec) if spec is not None and spec.shapes_text else None
         try:
-            yield _chunk(prepared, {"role": "assistant", "content": ""})
+            yield _chunk(prepared, shaper.role if shaper is not None else {"role": "assistant", "content": ""})
             while True:
                 event = await prepared.events.get()
                 if isinstance(event, TextDelta):
-                    yield _chunk(prepared, {"content": event.text})
+                    if shaper is None:
+                        yield _chunk(prepared, {"content": event.text})
+                        continue
+                    for delta, finish in shaper.feed(event.text):
+                        yield _chunk(prepared, delta, finish)
+                    if shaper.blocked:
+                        break
                 elif isinstance(event, Finished):
                     _count_usage(event)
+                    if shaper is not None:
+                        for delta, finish in shaper.finish():
+                            yield _chunk(prepared, delta, finish)
+                        if shaper.blocked:
+                            break
                     yield _chunk(prepared, {}, finish_reason=_reason(event))
                     if include_usage:
                         usage = ChatCompletionChunk(
@@ -329,9 +344,15 @@ def event_bridge(
 async def serve_chat(request: Request, serving: EngineServing) -> Response:
     """``POST /v1/chat/completions`` of an inference service."""
     body = parse_chat_request(await request.body())
+    spec = requested_filter(body)  # a bad one is a 400 before anything is queued
     prepared = await serving.prepare(body)
+    headers = None
+    if spec is not None:
+        headers = {FILTER_HEADER: "1"}
+        if spec.answer_model:  # after prepare, the request's model is only the name the answer gives
+            prepared.request = prepared.request.model_copy(update={"model": spec.answer_model})
     if body.stream:
-        return sse.EventStreamResponse(serving.stream(prepared), on_close=prepared.seq.cancel)
+        return sse.EventStreamResponse(serving.stream(prepared, spec), on_close=prepared.seq.cancel, headers=headers)
 
     async def disconnected() -> None:  # the body has been read, so only a disconnect can arrive
         while (await request.receive())["type"] != "http.disconnect":
@@ -341,6 +362,9 @@ async def serve_chat(request: Request, serving: EngineServing) -> Response:
         completion = await serving.complete(prepared, disconnected)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; recorded as such in the access log
+    if spec is not None:
+        payload = StreamShaper.completion(spec, completion.model_dump(mode="json"))
+        return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
     return Response(completion.model_dump_json(), media_type="application/json")
 
 

@@ -13,18 +13,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from starlette.responses import Response
 
+from chat_common.answer_filter import FILTER_HEADER
 from chat_common.context import access_fields
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
 from gateway.limits import Admission
 from gateway.proxy import EventStream, Proxy
 
-__all__ = ["CHAT_PATH", "AnswerFilter", "count_chat", "metered", "model_answer", "replace_body"]
+__all__ = ["CHAT_PATH", "AnswerFilter", "PushableFilter", "count_chat", "metered", "model_answer", "replace_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ class AnswerFilter(Protocol):
     def stream(self, chat: ChatCompletionRequest, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]: ...
 
     def completion(self, chat: ChatCompletionRequest, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PushableFilter(AnswerFilter, Protocol):
+    """A filter that may have gone upstream with the request (a profile's, :mod:`chat_common.answer_filter`)."""
+
+    def upstream_applied(self) -> AnswerFilter | None:
+        """What the gateway still does to an answer whose replica says it applied the request's filter
+        (None: nothing); a filter that was not sent returns itself."""
+        ...
 
 
 async def model_answer(
@@ -89,8 +100,19 @@ async def _answer(
     except Exception:
         logger.exception("unhandled error on POST %s", CHAT_PATH)
         return error_response(APIError(500, "Internal server error. The gateway log has the details."))
+    if isinstance(response, EventStream):
+        applied = response.filtered
+    else:
+        applied = FILTER_HEADER in response.headers
+        if applied:
+            del response.headers[FILTER_HEADER]  # between the model service and the gateway
     if not filters or response.status_code != 200:
         return response
+    if applied:  # the replica applied the request's filter: only what is left of it runs here
+        left = [f.upstream_applied() if isinstance(f, PushableFilter) else f for f in filters]
+        filters = [f for f in left if f is not None]
+        if not filters:
+            return response
     if isinstance(response, EventStream):
         for answer_filter in filters:
             response.pieces = answer_filter.stream(chat, response.pieces)

@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
                 resolver=resolver,
                 breaker_threshold=settings.breaker_threshold,
                 breaker_cooldown_s=settings.breaker_cooldown_s,
+                affinity_max_in_flight=settings.affinity_max_in_flight,
             )
             app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
             app.state.retriever = (

@@ -93,8 +93,11 @@ class ChatRoutes:
                 allow_model(scope, profile.id if profile is not None else chat.model)
                 wants = wants_cache(data, scope["headers"], profile is not None and profile.cache)
                 if answer_as is not None:
+                    # The profile's filter is the first: it shapes the model's own answer, upstream or here.
+                    profile_filter = ProfileFilter(profile, answer_as, self.state.proxy.metrics)
+                    data = profile_filter.request(data, self.state.proxy.registry)
                     body = orjson.dumps(data)
-                    filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
+                    filters.insert(0, profile_filter)
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:

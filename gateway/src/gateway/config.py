@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a failing replica stays out; then one request probes it (success puts it back).",
     )
+    affinity_max_in_flight: int = Field(
+        4,
+        ge=0,
+        description="A session's requests go to one replica (its prompt cache holds the conversation) unless "
+        "that replica is saturated: this gateway already has this many requests in flight there (match the "
+        "replica's slots, INFERENCE_GGUF_N_SLOTS; 4 for the bundled model), or it answers 429 (its queue is "
+        "full). Then the least busy replica answers. 0: only a 429 counts as saturated.",
+    )
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a service, in seconds.")
     read_timeout_s: float = Field(
         300.0,

@@ -85,9 +85,9 @@ async def chat(request: Request) -> Response:
     chat_req = chat_request(body)
     admission = await admit_chat(request.app.state, request.scope, chat_req.model, body["messages"])
     proxy: Proxy = request.app.state.proxy
-    response = await model_answer(
-        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)], admission
-    )
+    profile_filter = ProfileFilter(profile, profile.id, proxy.metrics)
+    body = profile_filter.request(body, proxy.registry)
+    response = await model_answer(proxy, chat_req, orjson.dumps(body), [profile_filter], admission)
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:
