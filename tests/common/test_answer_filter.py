@@ -40,7 +40,7 @@ async def served(texts: list[str], spec: FilterSpec | None) -> tuple[list[dict[s
     """The chunks ``EngineServing.stream`` sends for an engine that decodes ``texts``."""
     from prometheus_client import CollectorRegistry
 
-    serving = EngineServing(GenerationMetrics(CollectorRegistry(), "test"), retry_after_s=1)
+    serving = EngineServing(GenerationMetrics(CollectorRegistry(), "test"), retry_after_s=1, default_max_tokens=0)
     events: asyncio.Queue[Any] = asyncio.Queue()
     for text in texts:
         events.put_nowait(TextDelta(text))
