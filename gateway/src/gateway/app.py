@@ -182,9 +182,11 @@ class Gateway:
 
     The stack, outermost first: request context (request id, access line), CORS when configured
     (:mod:`gateway.cors`: preflights answered before any key is asked for), then admission
-    (authentication, :class:`gateway.auth.Authentication`; rate limits go beside it), then the routes
-    (chat hot path, then FastAPI). Every request passes admission, chat or not, before any body is
-    read, and a refusal it renders still carries the request id and gets its access line.
+    (authentication, :class:`gateway.auth.Authentication`), then the routes (chat hot path, then
+    FastAPI). Every request passes admission, chat or not, before any body is read, and a refusal it
+    renders still carries the request id and gets its access line. Rate limits and the response cache
+    need the request's model, so each chat route admits it once its body is validated
+    (:func:`gateway.limits.admit_chat`).
     """
 
     def __init__(self, settings: Settings) -> None:
