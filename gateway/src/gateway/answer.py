@@ -22,9 +22,10 @@ from chat_common.answer_filter import FILTER_HEADER
 from chat_common.context import access_fields
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
+from gateway.limits import Admission
 from gateway.proxy import EventStream, Proxy
 
-__all__ = ["CHAT_PATH", "AnswerFilter", "PushableFilter", "count_chat", "model_answer", "replace_body"]
+__all__ = ["CHAT_PATH", "AnswerFilter", "PushableFilter", "count_chat", "metered", "model_answer", "replace_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,41 @@ class PushableFilter(AnswerFilter, Protocol):
 
 
 async def model_answer(
-    proxy: Proxy, chat: ChatCompletionRequest, body: bytes, filters: Sequence[AnswerFilter] = ()
+    proxy: Proxy,
+    chat: ChatCompletionRequest,
+    body: bytes,
+    filters: Sequence[AnswerFilter] = (),
+    admission: Admission | None = None,
 ) -> Response | EventStream:
     """The model's answer to ``body`` (a chat completion request for ``chat.model``) as an ASGI response,
-    filtered; a failure is an error response in OpenAI's envelope, never an exception."""
+    filtered; a failure is an error response in OpenAI's envelope, never an exception. ``admission``
+    (the request's rate limits, :mod:`gateway.limits`) adds its headers and notes the answer's usage."""
+    response = await _answer(proxy, chat, body, filters)
+    if admission is not None:
+        metered(admission, response)
+    return response
+
+
+def metered(admission: Admission, response: Response | EventStream, *, count_usage: bool = True) -> None:
+    """Put the rate-limit headers on ``response`` and note the tokens it uses for the admission (a
+    stream's as it is relayed); :meth:`Admission.finish` corrects the charge once it has been sent.
+    ``count_usage`` False: none are counted (the estimate is given back)."""
+    if admission.headers:
+        if isinstance(response, EventStream):
+            response.headers = [*response.headers, *admission.headers]
+        else:
+            response.raw_headers.extend(admission.headers)
+    if admission.finished or not count_usage:
+        return
+    if isinstance(response, EventStream):
+        response.pieces = admission.metered(response.pieces)
+    else:
+        admission.meter_whole(response.status_code, bytes(response.body))
+
+
+async def _answer(
+    proxy: Proxy, chat: ChatCompletionRequest, body: bytes, filters: Sequence[AnswerFilter]
+) -> Response | EventStream:
     try:
         response = await proxy.call_model(chat.model, CHAT_PATH, body, stream=chat.stream)
     except APIError as exc:
@@ -95,7 +127,10 @@ def replace_body(response: Response, payload: dict[str, Any]) -> Response:
     """``response`` with ``payload`` as its JSON body (status and passed-back headers kept)."""
     headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
     return Response(
-        orjson.dumps(payload), status_code=response.status_code, headers=headers, media_type="application/json"
+        orjson.dumps(payload),
+        status_code=response.status_code,
+        headers=headers,
+        media_type="application/json",
     )
 
 

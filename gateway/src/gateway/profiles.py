@@ -52,6 +52,7 @@ class Profile(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     reasoning: ReasoningTags | None = None  # None: the answer is passed on without splitting
     guardrails: Guardrails | None = None
+    cache: bool = False  # deterministic requests answered from the response cache (gateway.cache)
     _guardrail: Guardrail | None = PrivateAttr(default=None)
 
     @field_validator("sampling")

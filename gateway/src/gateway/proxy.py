@@ -322,11 +322,12 @@ class EventStream:
     def __init__(self, pieces: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         self.pieces = pieces
         self.on_close = on_close
+        self.headers = self._HEADERS  # replaced (never changed in place) to add headers
         self.filtered = False  # the replica applied the request's answer filter (chat_common.answer_filter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for piece in self.pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
