@@ -146,3 +146,19 @@ def test_the_gpu_overlay_requests_a_gpu_on_gpu_nodes(nvidia: Objects) -> None:
     assert env["INFERENCE_GGUF_N_GPU_LAYERS"] == "-1" and env["INFERENCE_GGUF_MODELS_DIR"] == "/models"
     for name in ("gateway", "history"):
         assert "nodeSelector" not in nvidia[("Deployment", name)]["spec"]["template"]["spec"]
+
+
+def test_the_gateway_reads_the_demo_profiles_from_a_config_map(cpu: Objects) -> None:
+    gateway = cpu[("Deployment", "gateway")]["spec"]["template"]["spec"]
+    container = gateway["containers"][0]
+    assert _env(container)["GATEWAY_PROFILES_FILE"] == "/etc/switchboard/profiles/profiles.yaml"
+    assert {"name": "profiles", "mountPath": "/etc/switchboard/profiles", "readOnly": True} in container["volumeMounts"]
+    (volume,) = [v for v in gateway["volumes"] if v["name"] == "profiles"]
+    data = cpu[("ConfigMap", volume["configMap"]["name"])]["data"]
+    # The same profiles as deploy/profiles.yaml, and the knowledge file they name beside them.
+    demo = yaml.safe_load((ROOT / "deploy" / "profiles.yaml").read_text())
+    for profile in demo["profiles"]:
+        if profile.get("knowledge_file"):
+            profile["knowledge_file"] = "cern-knowledge.md"
+    assert yaml.safe_load(data["profiles.yaml"]) == demo
+    assert data["cern-knowledge.md"] == (ROOT / "data" / "cern" / "knowledge.md").read_text()
