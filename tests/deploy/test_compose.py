@@ -235,3 +235,19 @@ def test_retriever_read_replicas_share_the_writers_volume_and_can_scale(cpu: dic
     # `--scale retriever-read=N` needs no fixed container name and no published port.
     assert "container_name" not in reader and "ports" not in reader
     assert reader["build"] == writer["build"]
+
+
+def test_the_gateway_reads_the_demo_profiles(cpu: dict) -> None:
+    gateway = cpu["services"]["gateway"]
+    path = gateway["environment"]["GATEWAY_PROFILES_FILE"]
+    mounts = _mounts(gateway)
+    assert mounts[path] == (str(ROOT / "deploy" / "profiles.yaml"), "ro")
+    # Its knowledge file, relative to it, lands where the profiles file names it.
+    from gateway.profiles import load_profiles
+
+    profiles = load_profiles(ROOT / "deploy" / "profiles.yaml")
+    for profile in profiles.by_id.values():
+        if profile.knowledge_file is not None:
+            inside = (Path(path).parent / profile.knowledge_file).resolve()
+            source = (ROOT / "deploy" / profile.knowledge_file).resolve()
+            assert mounts[str(inside.parent)] == (str(source.parent), "ro")

@@ -166,3 +166,19 @@ def test_retriever_readers_mount_the_writers_volume_on_its_node(cpu: Objects) ->
     assert env["GATEWAY_RETRIEVER_URL"] == "http://retriever-read:8003"
     assert cpu[("Service", "retriever-read")]["spec"]["selector"] == {"app.kubernetes.io/name": "retriever-read"}
     assert _container(cpu, "Job", "ingest-demo")["command"][-1] == "http://retriever:8003"  # writes: the writer
+
+
+def test_the_gateway_reads_the_demo_profiles_from_a_config_map(cpu: Objects) -> None:
+    gateway = cpu[("Deployment", "gateway")]["spec"]["template"]["spec"]
+    container = gateway["containers"][0]
+    assert _env(container)["GATEWAY_PROFILES_FILE"] == "/etc/switchboard/profiles/profiles.yaml"
+    assert {"name": "profiles", "mountPath": "/etc/switchboard/profiles", "readOnly": True} in container["volumeMounts"]
+    (volume,) = [v for v in gateway["volumes"] if v["name"] == "profiles"]
+    data = cpu[("ConfigMap", volume["configMap"]["name"])]["data"]
+    # The same profiles as deploy/profiles.yaml, and the knowledge file they name beside them.
+    demo = yaml.safe_load((ROOT / "deploy" / "profiles.yaml").read_text())
+    for profile in demo["profiles"]:
+        if profile.get("knowledge_file"):
+            profile["knowledge_file"] = "cern-knowledge.md"
+    assert yaml.safe_load(data["profiles.yaml"]) == demo
+    assert data["cern-knowledge.md"] == (ROOT / "data" / "cern" / "knowledge.md").read_text()

@@ -392,3 +392,27 @@ def test_health_ready_metrics(service: Service) -> None:
     metrics = service.client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "inference_hf_requests_total" in metrics.text and "inference_hf_model_memory_bytes" in metrics.text
+
+
+def test_a_pushed_down_profile_filter_is_applied(service: Service) -> None:
+    """The gateway's profile filter as the request extension (chat_common.answer_filter), on the real model:
+    its answer is "The answer to this classic math problem is 4.", so tags "The" / "this" split it."""
+    assert service.client.get("/v1/models/smol").json()["switchboard_filter"] == 1
+    spec = {"answer_model": "thinks", "reasoning_tags": ["The", "this"], "banned": ["banana"], "fallback": "No."}
+    body = {"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 30, "switchboard_filter": spec}
+    with service.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200 and response.headers["x-switchboard-filter"] == "1"
+        events = list(sse_events(response))
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if isinstance(e, dict)]
+    assert {c["model"] for c in chunks} == {"thinks"}
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == " answer to "
+    assert "".join(d.get("content", "") for d in deltas) == "classic math problem is 4."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    blocked = service.client.post(
+        "/v1/chat/completions", json={**body, "switchboard_filter": {**spec, "banned": ["math problem"]}}
+    )
+    assert blocked.headers["x-switchboard-filter"] == "1"
+    assert blocked.json()["choices"][0]["message"] == {"role": "assistant", "content": "No."}
+    assert blocked.json()["choices"][0]["finish_reason"] == "content_filter"

@@ -10,12 +10,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
 
 from chat_common.bundled import bundled_gguf_path
-from tests.integration.helpers import FINETUNE_MODEL, MODEL, SEED_003_DEFAULTS
+from tests.integration.helpers import FINETUNE_MODEL, MODEL, QUESTION, SEED_003_DEFAULTS
 from tests.services import ROOT, Service, free_port, start_service
 
 
@@ -106,10 +107,31 @@ def retriever(logs: Path) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
-def profiles_file(logs: Path) -> Path:
+def greedy_answer(inference: Service) -> str:
+    """The bundled model's greedy answer (24 tokens at most) to the first reference question, asked of
+    inference-gguf directly: on this machine's CPU kernels (README, quick start)."""
+    r = httpx.post(
+        f"{inference.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+def reasoning_tags(answer: str) -> tuple[str, str]:
+    """Tags that make the bundled model (which does not emit ``<think>``) "reason": its answer's first word
+    opens, its third word closes, so the text between is reasoning and the rest the answer."""
+    words = answer.split()
+    return words[0], words[2]
+
+
+@pytest.fixture(scope="session")
+def profiles_file(logs: Path, greedy_answer: str) -> Path:
     """The demo profiles of make run (deploy/profiles.yaml), and 'no-france', whose guardrail bans a
     word the bundled model's greedy answer to "Which city is the capital of France?" holds on every CPU seen
-    (the rest of that answer depends on the CPU's kernels: README, quick start)."""
+    (the rest of that answer depends on the CPU's kernels: README, quick start); 'thinks', whose reasoning
+    tags are words of this machine's greedy answer (:func:`reasoning_tags`)."""
     demo = yaml.safe_load((ROOT / "deploy" / "profiles.yaml").read_text())
     for profile in demo["profiles"]:
         if profile.get("knowledge_file"):
@@ -120,6 +142,16 @@ def profiles_file(logs: Path) -> Path:
             "model": MODEL,
             "sampling": {"temperature": 0, "max_tokens": 24},
             "guardrails": {"banned": ["france"], "fallback": "I cannot talk about that country."},
+        }
+    )
+    open_tag, close_tag = reasoning_tags(greedy_answer)
+    demo["profiles"].append(
+        {
+            "id": "thinks",
+            "model": MODEL,
+            "sampling": {"temperature": 0, "max_tokens": 24},
+            "reasoning": {"open": open_tag, "close": close_tag},
+            "guardrails": {"banned": ["switchboard"], "fallback": "No."},  # not in the answer: passed
         }
     )
     path = logs / "profiles.yaml"

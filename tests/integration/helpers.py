@@ -9,11 +9,13 @@ from collections.abc import Callable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.llama_reference import RECORDED
 from tests.services import Service
 
-__all__ = ["FINETUNE_MODEL", "MODEL", "SEED_003_DEFAULTS", "SEED_003_STOPS", "metric", "wait_until"]
+__all__ = ["FINETUNE_MODEL", "MODEL", "QUESTION", "SEED_003_DEFAULTS", "SEED_003_STOPS", "metric", "wait_until"]
 
 MODEL = "smollm2-135m-instruct"
+QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the capital of France?"
 FINETUNE_MODEL = "finetune-chat"  # the bundled model again, with seed 003's sampling defaults
 SEED_003_STOPS = [
     "</s>",

@@ -2,7 +2,12 @@
 gateway, with the demo profiles that make run ships (deploy/profiles.yaml).
 
 SmolLM2 does not emit ``<think>``: the reasoning split on a thinking model is tested with a scripted
-upstream in tests/gateway/test_profile_routes.py; here thought_process is empty and the answer whole."""
+upstream in tests/gateway/test_profile_routes.py; here thought_process is empty and the answer whole, and
+the profile 'thinks' takes two words of the model's own greedy answer as its tags, to split real tokens.
+
+inference-gguf advertises the pushed-down answer filter (chat_common.answer_filter), so these profiles'
+answers are split and guarded by the service and relayed by the gateway as they come
+(``gateway_profile_filters_total{by="service"}``)."""
 
 from __future__ import annotations
 
@@ -11,13 +16,12 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.helpers import MODEL, metric
-from tests.llama_reference import RECORDED
+from chat_common.answer_filter import FILTER_FIELD, FILTER_HEADER
+from tests.integration.conftest import reasoning_tags
+from tests.integration.helpers import MODEL, QUESTION, metric
 from tests.services import Service
 
 pytestmark = pytest.mark.integration
-
-QUESTION = RECORDED["cases"][0]["messages"][0]["content"]  # "Which city is the capital of France?"
 
 
 def test_cern_route_as_the_seed_documents(gateway: Service) -> None:
@@ -84,6 +88,7 @@ def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Serv
     )
     assert "france" in (plain.choices[0].message.content or "").lower()  # what the guardrail is up against
     before = metric(gateway, "gateway_guardrail_decisions_total", profile="no-france", decision="blocked")
+    pushed = metric(gateway, "gateway_profile_filters_total", by="service")
     whole = client.chat.completions.create(model="no-france", messages=[{"role": "user", "content": QUESTION}])
     assert whole.choices[0].message.content == "I cannot talk about that country."
     assert whole.choices[0].finish_reason == "content_filter"
@@ -94,3 +99,62 @@ def test_guardrail_replaces_the_real_answer(client: openai.OpenAI, gateway: Serv
     assert "france" not in text.lower() and text.endswith("I cannot talk about that country.")
     after = metric(gateway, "gateway_guardrail_decisions_total", profile="no-france", decision="blocked")
     assert after - before == 2
+    assert metric(gateway, "gateway_profile_filters_total", by="service") - pushed == 2  # inference-gguf did it
+
+
+def test_the_service_applies_a_filter_it_is_sent(inference: Service) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 24,
+        FILTER_FIELD: {"answer_model": "no-france", "banned": ["france"], "fallback": "Elsewhere."},
+    }
+    r = httpx.post(f"{inference.url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200 and r.headers[FILTER_HEADER] == "1"
+    answer = r.json()
+    assert answer["model"] == "no-france"
+    assert answer["choices"][0] == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "Elsewhere."},
+        "finish_reason": "content_filter",
+        "logprobs": None,
+    }
+    with httpx.stream("POST", f"{inference.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as s:
+        assert s.headers[FILTER_HEADER] == "1"
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert "france" not in text.lower() and text.endswith("Elsewhere.")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+    bad = httpx.post(f"{inference.url}/v1/chat/completions", json={**body, FILTER_FIELD: {"banned": [" "]}}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == FILTER_FIELD
+
+
+def test_reasoning_split_of_real_tokens(client: openai.OpenAI, gateway: Service, greedy_answer: str) -> None:
+    open_tag, close_tag = reasoning_tags(greedy_answer)
+    rest = greedy_answer.lstrip()[len(open_tag) :]
+    at = rest.find(close_tag)
+    reasoning, content = rest[:at], rest[at + len(close_tag) :].lstrip()
+    pushed = metric(gateway, "gateway_profile_filters_total", by="service")
+    ask = [{"role": "user", "content": QUESTION}]
+    whole = client.chat.completions.create(model="thinks", messages=ask)
+    assert whole.model == "thinks"
+    assert (whole.choices[0].message.model_extra or {})["reasoning_content"] == reasoning
+    assert whole.choices[0].message.content == content
+    kinds, thought, said = [], [], []
+    for part in client.chat.completions.create(model="thinks", messages=ask, stream=True):
+        assert part.model == "thinks"
+        if not part.choices:
+            continue
+        delta = part.choices[0].delta
+        if extra := (delta.model_extra or {}).get("reasoning_content"):
+            kinds.append("r")
+            thought.append(extra)
+        if delta.content:
+            kinds.append("c")
+            said.append(delta.content)
+    assert "".join(thought) == reasoning and "".join(said) == content
+    assert kinds == sorted(kinds, reverse=True)  # every reasoning chunk before the first content chunk
+    assert metric(gateway, "gateway_profile_filters_total", by="service") - pushed == 2
