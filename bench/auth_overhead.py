@@ -3,8 +3,9 @@
     .venv/bin/python bench/auth_overhead.py [--rounds 3] [--requests 300] [--requests-concurrent 1600]
 
 Starts ``bench/fake_upstream.py`` (zero-latency model), a private Redis (``scripts/local_redis.py``) holding
-one key, and gateways on the fake: ``off`` (GATEWAY_AUTH=off) and ``on`` (every request's key looked up in
-Redis); with ``--variant NAME=ENV_JSON`` more (e.g. a setting under test). For concurrency 1 and 32,
+one key, and gateways on the fake: ``off`` (GATEWAY_AUTH=off), ``on-redis`` (every request's key looked up
+in Redis: GATEWAY_AUTH_CACHE_S=0) and ``on`` (the defaults: a verified key kept 2 s in the process); with
+``--variant NAME=ENV_JSON`` more (e.g. a setting under test). For concurrency 1 and 32,
 streaming and not, the passes alternate over the rounds so that drift on a shared machine hits all of them.
 Prints p50 latency and requests/s of each, the added p50 of each variant over ``off`` and its throughput
 as a share of ``off``'s.
@@ -58,7 +59,11 @@ def main() -> None:
         up = free_port()
         fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up)], {}, up, logs)
         running.callback(fake.stop)
-        variants: dict[str, dict[str, str]] = {"off": {"GATEWAY_AUTH": "off"}, "on": {"GATEWAY_AUTH": "on"}}
+        variants: dict[str, dict[str, str]] = {
+            "off": {"GATEWAY_AUTH": "off"},
+            "on-redis": {"GATEWAY_AUTH": "on", "GATEWAY_AUTH_CACHE_S": "0"},  # every request asks Redis
+            "on": {"GATEWAY_AUTH": "on"},  # the default: verified keys kept GATEWAY_AUTH_CACHE_S (2 s)
+        }
         for spec in args.variant:
             name, _, env = spec.partition("=")
             variants[name] = {"GATEWAY_AUTH": "on", **json.loads(env)}

@@ -126,7 +126,11 @@ class KeyStore:
 
     async def lookup(self, secret: str) -> ApiKey | None:
         """The key whose secret this is (expired ones included: the caller decides), or None."""
-        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + digest(secret)))
+        return await self.lookup_digest(digest(secret))
+
+    async def lookup_digest(self, secret_digest: str) -> ApiKey | None:
+        """:meth:`lookup` by the SHA-256 of the secret."""
+        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + secret_digest))
         return _key(fields) if fields.get(b"id") else None
 
     async def create(

@@ -19,7 +19,7 @@ from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from gateway.answer import AnswerFilter
 from gateway.api_keys import ApiKey, KeyStore
-from gateway.auth import Authentication
+from gateway.auth import Authentication, KeyCache
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings, is_loopback
@@ -171,7 +171,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.api = create_app(settings)
         routes = ChatRoutes(self.api, state=self.api.state)
-        admission = Authentication(routes, state=self.api.state, enabled=settings.auth_enabled)
+        admission = Authentication(
+            routes, state=self.api.state, enabled=settings.auth_enabled, cache=KeyCache(settings.auth_cache_s)
+        )
         self._stack = RequestContextMiddleware(with_cors(admission, settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
