@@ -145,7 +145,7 @@ async def _warn_about_auth(settings: Settings, keys: KeyStore | None) -> None:
         return
     if count == 0:
         logger.warning(
-            "auth: on, but Redis holds NO API KEY: every request but /health, /ready and /metrics is refused "
+            "auth: on, but Redis holds NO API KEY: every request but the probes and the docs is refused "
             "with 401. Create one with `GATEWAY_REDIS_URL=... python -m gateway keys create NAME` (it prints the "
             "secret once), or set GATEWAY_AUTH=off on a trusted network."
         )
