@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the test process dies, so a killed or crashed test
+    run leaves no service behind holding a port and a model in memory."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -56,7 +66,12 @@ def start_service(
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
         )
     service = Service(name, f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout_s

@@ -25,7 +25,7 @@ from retriever.config import Settings as RetrieverSettings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 GPU = ROOT / "deploy" / "compose.gpu.yaml"
-SERVICES = {"gateway", "inference-gguf", "inference-hf", "history", "retriever", "mongodb", "redis"}
+SERVICES = {"gateway", "inference-gguf", "inference-hf", "history", "retriever", "retriever-read", "mongodb", "redis"}
 JOBS = {"ingest-demo", "provision-models"}
 DOCKERFILES = ["gateway", "history", "inference-gguf", "inference-hf", "retriever"]
 
@@ -147,11 +147,11 @@ def test_gateway_waits_for_healthy_services_and_reaches_them_by_name(cpu: dict) 
     gateway = cpu["services"]["gateway"]
     assert gateway["depends_on"] == {
         name: {"condition": "service_healthy"}
-        for name in ("inference-gguf", "inference-hf", "history", "retriever", "redis")
+        for name in ("inference-gguf", "inference-hf", "history", "retriever-read", "redis")
     }
     env = gateway["environment"]
     assert env["GATEWAY_HISTORY_URL"] == "http://history:8004"
-    assert env["GATEWAY_RETRIEVER_URL"] == "http://retriever:8003"
+    assert env["GATEWAY_RETRIEVER_URL"] == "http://retriever-read:8003"  # searches go to the read replicas
     assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
     services = GatewaySettings(services=json.loads(env["GATEWAY_SERVICES"])).services
     # One URL per service: its name resolves to every container of `--scale`, which the gateway expands.
@@ -223,3 +223,15 @@ def test_env_example_names_only_real_settings() -> None:
     )
     named = set(re.findall(r"^# ([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert named <= known, named - known
+
+
+def test_retriever_read_replicas_share_the_writers_volume_and_can_scale(cpu: dict) -> None:
+    writer, reader = cpu["services"]["retriever"], cpu["services"]["retriever-read"]
+    assert reader["environment"]["RETRIEVER_READ_ONLY"] == "true"
+    assert "RETRIEVER_READ_ONLY" not in writer["environment"]  # the writer: the default, false
+    assert reader["environment"]["RETRIEVER_DATA_DIR"] == writer["environment"]["RETRIEVER_DATA_DIR"] == "/data"
+    assert _mounts(reader)["/data"] == _mounts(writer)["/data"] == ("retriever-data", "rw")
+    assert reader["depends_on"] == {"retriever": {"condition": "service_healthy"}}
+    # `--scale retriever-read=N` needs no fixed container name and no published port.
+    assert "container_name" not in reader and "ports" not in reader
+    assert reader["build"] == writer["build"]

@@ -60,9 +60,8 @@ def test_the_validator_rejects_a_wrong_manifest(cpu: Objects) -> None:
 
 
 def test_services_have_health_and_ready_probes_and_run_as_non_root(cpu: Objects) -> None:
-    for kind, name in [("Deployment", n) for n in ("gateway", "inference-gguf", "inference-hf", "history")] + [
-        ("StatefulSet", "retriever")
-    ]:
+    deployments = ("gateway", "inference-gguf", "inference-hf", "history", "retriever-read")
+    for kind, name in [("Deployment", n) for n in deployments] + [("StatefulSet", "retriever")]:
         pod = cpu[(kind, name)]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         assert container["livenessProbe"]["httpGet"]["path"] == "/health", name
@@ -101,9 +100,11 @@ def test_models_files_come_from_config_maps_that_match_the_examples(cpu: Objects
 
 
 def test_autoscaling_and_disruption_budgets(cpu: Objects) -> None:
-    hpa = cpu[("HorizontalPodAutoscaler", "gateway")]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == "gateway" and hpa["minReplicas"] >= 2
-    for name in ("gateway", "inference-gguf", "inference-hf", "history"):
+    for name in ("gateway", "retriever-read"):
+        hpa = cpu[("HorizontalPodAutoscaler", name)]["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["minReplicas"] >= 2
+    for name in ("gateway", "inference-gguf", "inference-hf", "history", "retriever-read"):
         selector = cpu[("PodDisruptionBudget", name)]["spec"]["selector"]["matchLabels"]
         assert selector == cpu[("Deployment", name)]["spec"]["selector"]["matchLabels"]
 
@@ -146,3 +147,22 @@ def test_the_gpu_overlay_requests_a_gpu_on_gpu_nodes(nvidia: Objects) -> None:
     assert env["INFERENCE_GGUF_N_GPU_LAYERS"] == "-1" and env["INFERENCE_GGUF_MODELS_DIR"] == "/models"
     for name in ("gateway", "history"):
         assert "nodeSelector" not in nvidia[("Deployment", name)]["spec"]["template"]["spec"]
+
+
+def test_retriever_readers_mount_the_writers_volume_on_its_node(cpu: Objects) -> None:
+    """One writer (StatefulSet retriever, pod 0, claim data-retriever-0) and readers that mount that claim; a
+    ReadWriteOnce volume mounts on one node, so the readers must be scheduled beside the writer."""
+    writer = cpu[("StatefulSet", "retriever")]
+    assert writer["spec"]["replicas"] == 1
+    claim = f"{writer['spec']['volumeClaimTemplates'][0]['metadata']['name']}-{writer['metadata']['name']}-0"
+    pod = cpu[("Deployment", "retriever-read")]["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"] == writer["spec"]["template"]["metadata"]["labels"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert _env(pod["containers"][0])["RETRIEVER_READ_ONLY"] == "true"
+    assert "RETRIEVER_READ_ONLY" not in _env(writer["spec"]["template"]["spec"]["containers"][0])
+    env = cpu[("ConfigMap", _generated(cpu, "switchboard-env"))]["data"]
+    assert env["GATEWAY_RETRIEVER_URL"] == "http://retriever-read:8003"
+    assert cpu[("Service", "retriever-read")]["spec"]["selector"] == {"app.kubernetes.io/name": "retriever-read"}
+    assert _container(cpu, "Job", "ingest-demo")["command"][-1] == "http://retriever:8003"  # writes: the writer

@@ -130,7 +130,9 @@ class Replica:
                 status=reply.status,
                 headers={"Content-Type": "application/json", **reply.headers},
             )
-        response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(
+            status=reply.status, headers={"Content-Type": "text/event-stream", **reply.headers}
+        )
         await response.prepare(request)
         for event in reply.events:
             await response.write(event)

@@ -15,7 +15,7 @@ import pytest
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
-from tests.gateway.fakes import Replica, chat, completion, gateway, models
+from tests.gateway.fakes import Replica, Reply, chat, completion, dead_url, gateway, models
 from tests.services import free_port
 
 NAME = "inference-gguf.switchboard.test"
@@ -153,3 +153,34 @@ async def test_load_reaches_every_discovered_replica(dns: tuple[Zone, str]) -> N
     assert response.status_code == 200, response.text
     assert sorted(loaded) == ["127.0.0.2", "127.0.0.3"]
     assert len(response.json()["replicas"]) == 2
+
+
+async def test_a_scaled_helper_service_is_asked_in_turn_and_a_gone_container_is_skipped(dns: tuple[Zone, str]) -> None:
+    """GATEWAY_RETRIEVER_URL naming `retriever-read` scaled to two containers: the gateway's requests to the
+    retriever alternate between them; one that stops is skipped (its connection is refused) without an error."""
+    zone, nameserver = dns
+    port = free_port()
+    vectors = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.0]}], "model": "e"}
+    readers = [
+        Replica(host, port).on("/v1/embeddings", lambda r: Reply(payload=vectors))
+        for host in ("127.0.0.2", "127.0.0.3")
+    ]
+    zone.addresses = ["127.0.0.2", "127.0.0.3"]
+    await _start(readers)
+    body = {"input": "hello"}
+    try:
+        async with gateway(
+            {"inference-gguf": [dead_url()]},
+            retriever_url=f"http://{NAME}:{port}",
+            dns_nameservers=[nameserver],
+            refresh_interval_s=3600,
+        ) as client:
+            spread = [(await client.post("/v1/embeddings", json=body)).status_code for _ in range(6)]
+            counts = [len(r.seen) for r in readers]
+            await readers[0].stop()
+            after = [(await client.post("/v1/embeddings", json=body)).status_code for _ in range(4)]
+    finally:
+        for reader in readers:
+            await reader.stop()
+    assert spread == [200] * 6 and counts == [3, 3]
+    assert after == [200] * 4 and len(readers[1].seen) == 3 + 4

@@ -164,6 +164,7 @@ def service(
         max_batch_size=4,
         idle_check_interval_s=0.2,
         num_threads=None,
+        default_max_tokens=12,
     )
     app = create_app(settings)
     server = uvicorn.Server(

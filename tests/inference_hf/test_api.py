@@ -221,6 +221,41 @@ def test_bad_input_is_400(service: Service, body: bytes, param: str | None) -> N
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("response_format", {"type": "json_object"}),
+        ("tools", [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]),
+        ("tool_choice", "auto"),
+        ("logprobs", True),
+        ("top_logprobs", 2),
+    ],
+)
+def test_what_the_engine_cannot_do_is_a_400_naming_the_field(service: Service, field: str, value: object) -> None:
+    response = chat(service, "smol", **{field: value})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (field, "unsupported_parameter") and "'smol'" in error["message"]
+
+
+def test_plain_text_response_format_and_declined_tools_are_answered(service: Service) -> None:
+    response = chat(
+        service,
+        "smol",
+        max_tokens=2,
+        response_format={"type": "text"},
+        tools=[{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
+        tool_choice="none",
+    )
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
+
+
+def test_an_answer_without_max_tokens_ends_at_the_service_default(service: Service) -> None:
+    """INFERENCE_HF_DEFAULT_MAX_TOKENS is 12 in this service (conftest.py); ignore_eos keeps the model going."""
+    body = chat(service, "smol", temperature=0, ignore_eos=True).json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 12
+
+
 def test_queue_full_is_429_with_retry_after(service: Service) -> None:
     service.client.post("/v1/models/bart-templated/load")
     engine = service.engine

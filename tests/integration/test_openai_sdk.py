@@ -106,6 +106,39 @@ def test_per_model_defaults_apply(client: openai.OpenAI) -> None:
     assert response.choices[0].finish_reason == "length"
 
 
+def test_an_answer_without_max_tokens_is_bounded(client: openai.OpenAI) -> None:
+    """No max_tokens and no model default: the service's default answer length (512), not the 2,048-token context."""
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me about the sea."}], extra_body={"ignore_eos": True}
+    )
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None and response.usage.completion_tokens == 512
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}
+                ]
+            },
+            "messages[0].content[0]",
+        ),
+    ],
+)
+def test_what_the_model_cannot_do_is_refused_through_the_gateway(
+    client: openai.OpenAI, change: dict[str, Any], param: str
+) -> None:
+    request: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **change}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**request)
+    assert caught.value.param == param and caught.value.code == "unsupported_parameter"
+
+
 def test_unknown_model_lists_the_available_ones(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "hi"}])
@@ -185,12 +218,14 @@ async def test_a_full_queue_answers_429_with_retry_after(gateway: Service) -> No
     }
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         running = []
+        readers = []  # kept: a line iterator that is garbage-collected closes its stream, which frees a slot
         for _ in range(2):  # both slots generating: each has streamed a token
             response = await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             lines = response.aiter_lines()
             while '"content":""' in (line := await lines.__anext__()) or '"content"' not in line:
                 pass
             running.append(response)
+            readers.append(lines)
         waiting = [
             await http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             for _ in range(2)

@@ -262,7 +262,12 @@ async def test_health_ready_and_metrics(client: Client, kb_copy: Path, embedder:
 
     async with client(data_dir=kb_copy) as http:
         ready = await http.get("/ready")
-        assert ready.json() == {"status": "ready", "embedders": ["all-minilm-l6-v2"], "collections": ["kb"]}
+        assert ready.json() == {
+            "status": "ready",
+            "role": "writer",
+            "embedders": ["all-minilm-l6-v2"],
+            "collections": ["kb"],
+        }
         await http.post("/v1/collections/kb/search", json={"query": "VPN drops"})
         await http.post("/v1/collections/kb/search", json={"query": "printer"})
         metrics = (await http.get("/metrics")).text

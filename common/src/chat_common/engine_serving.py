@@ -14,11 +14,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 
 from chat_common import sse
+from chat_common.answer_filter import FILTER_HEADER, FilterSpec, StreamShaper, requested_filter
 from chat_common.context import access_fields
 from chat_common.errors import APIError
 from chat_common.generation import (
@@ -41,6 +43,7 @@ from chat_common.protocol import (
     completion_id,
 )
 from chat_common.requests import parse_chat_request
+from chat_common.unsupported import refuse_unsupported
 
 __all__ = [
     "ClientGone",
@@ -135,15 +138,25 @@ class GenerationMetrics:
 class EngineServing:
     """Between the OpenAI protocol and an engine; subclasses implement :meth:`prepare`."""
 
-    def __init__(self, metrics: GenerationMetrics, retry_after_s: int) -> None:
+    def __init__(self, metrics: GenerationMetrics, retry_after_s: int, default_max_tokens: int) -> None:
         self.metrics = metrics
         self.retry_after_s = retry_after_s
+        # The answer length when neither the request nor the model's defaults set one (0: until the context is full).
+        self.default_max_tokens = default_max_tokens
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """Validate against the model and queue the request; raises APIError (and queues nothing) on failure."""
         raise NotImplementedError
 
     # -- helpers for prepare() -----------------------------------------------------------------------------
+    def refuse_unsupported(self, request: ChatCompletionRequest, *, structured_output: bool) -> None:
+        """400 naming the first field the model would otherwise ignore (:mod:`chat_common.unsupported`)."""
+        try:
+            refuse_unsupported(request, structured_output=structured_output)
+        except APIError:
+            self.metrics.rejected.labels(request.model, "unsupported").inc()
+            raise
+
     def template_failed(self, model: str, exc: Exception) -> APIError:
         self.metrics.rejected.labels(model, "template").inc()
         return APIError(400, str(exc), param="messages", code="chat_template")
@@ -218,7 +231,9 @@ class EngineServing:
             repeat_penalty=_pick(request.repeat_penalty, d.repeat_penalty),
             presence_penalty=_pick(request.presence_penalty, d.presence_penalty),
             frequency_penalty=_pick(request.frequency_penalty, d.frequency_penalty),
-            max_tokens=min(requested or d.max_tokens or room, room),
+            # request, then the model's default, then the service's: a request without max_tokens ends, with
+            # finish_reason "length", long before it could fill the context.
+            max_tokens=min(requested or d.max_tokens or self.default_max_tokens or room, room),
             stop=tuple(d.stop if stop is None else stop),
             seed=request.seed,
             ignore_eos=request.ignore_eos,
@@ -254,17 +269,30 @@ class EngineServing:
             watcher.cancel()
             prepared.seq.cancel()
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[bytes]:
-        """SSE events; if the client disconnects the generator is closed and the sequence cancelled."""
+    async def stream(self, prepared: Prepared, spec: FilterSpec | None = None) -> AsyncIterator[bytes]:
+        """SSE events; if the client disconnects the generator is closed and the sequence cancelled.
+        ``spec``: the answer filter the request pushed down (:mod:`chat_common.answer_filter`)."""
         include_usage = bool(prepared.request.stream_options and prepared.request.stream_options.include_usage)
+        shaper = StreamShaper(spec) if spec is not None and spec.shapes_text else None
         try:
-            yield _chunk(prepared, {"role": "assistant", "content": ""})
+            yield _chunk(prepared, shaper.role if shaper is not None else {"role": "assistant", "content": ""})
             while True:
                 event = await prepared.events.get()
                 if isinstance(event, TextDelta):
-                    yield _chunk(prepared, {"content": event.text})
+                    if shaper is None:
+                        yield _chunk(prepared, {"content": event.text})
+                        continue
+                    for delta, finish in shaper.feed(event.text):
+                        yield _chunk(prepared, delta, finish)
+                    if shaper.blocked:
+                        break
                 elif isinstance(event, Finished):
                     _count_usage(event)
+                    if shaper is not None:
+                        for delta, finish in shaper.finish():
+                            yield _chunk(prepared, delta, finish)
+                        if shaper.blocked:
+                            break
                     yield _chunk(prepared, {}, finish_reason=_reason(event))
                     if include_usage:
                         usage = ChatCompletionChunk(
@@ -306,9 +334,15 @@ def event_bridge(
 async def serve_chat(request: Request, serving: EngineServing) -> Response:
     """``POST /v1/chat/completions`` of an inference service."""
     body = parse_chat_request(await request.body())
+    spec = requested_filter(body)  # a bad one is a 400 before anything is queued
     prepared = await serving.prepare(body)
+    headers = None
+    if spec is not None:
+        headers = {FILTER_HEADER: "1"}
+        if spec.answer_model:  # after prepare, the request's model is only the name the answer gives
+            prepared.request = prepared.request.model_copy(update={"model": spec.answer_model})
     if body.stream:
-        return sse.EventStreamResponse(serving.stream(prepared), on_close=prepared.seq.cancel)
+        return sse.EventStreamResponse(serving.stream(prepared, spec), on_close=prepared.seq.cancel, headers=headers)
 
     async def disconnected() -> None:  # the body has been read, so only a disconnect can arrive
         while (await request.receive())["type"] != "http.disconnect":
@@ -318,6 +352,9 @@ async def serve_chat(request: Request, serving: EngineServing) -> Response:
         completion = await serving.complete(prepared, disconnected)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; recorded as such in the access log
+    if spec is not None:
+        payload = StreamShaper.completion(spec, completion.model_dump(mode="json"))
+        return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
     return Response(completion.model_dump_json(), media_type="application/json")
 
 

@@ -4,7 +4,12 @@ The chat route calls :func:`set_affinity` with the request's session id; :func:`
 rendezvous (highest-random-weight) hashing picks for that session first among the routable ones. Rendezvous hashing
 needs no shared state between gateways (every gateway picks the same replica) and moves only the sessions of a
 replica that leaves. A replica that is down or has its breaker open is not routable, so the session falls back to
-its next choice; one that answers 429 (saturated) makes the proxy try the next candidate.
+its next choice (the same for every request of the session while it lasts, so the cache builds up there).
+Saturated means: the gateway already has ``GATEWAY_AFFINITY_MAX_IN_FLIGHT`` requests in flight at the session's
+replica (its slots are full; the request would wait in its queue), then the least busy replica is asked first; or
+the replica answers 429 (its queue is full), then the proxy tries the next candidate. The proxy counts each
+answer to a session as ``gateway_affinity_total{result="hit"}`` (its own replica, :meth:`Registry.home`) or
+``result="fallback"``.
 """
 
 from __future__ import annotations

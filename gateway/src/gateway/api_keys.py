@@ -24,6 +24,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from gateway.resp import FastConnection
+
 __all__ = ["ApiKey", "KeyStore", "digest", "new_secret", "parse_expiry"]
 
 SECRET_PREFIX = "sk-"
@@ -119,8 +121,9 @@ def _key(fields: Mapping[bytes, bytes]) -> ApiKey:
 class KeyStore:
     """The API keys in Redis (``redis`` answers bytes: ``decode_responses=False``)."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, fast: FastConnection | None = None) -> None:
         self.redis = redis
+        self.fast = fast  # the hot path's lean connection (gateway.resp), for lookup(): every request's
         self._index = f"{prefix}apikeys"
         self._record = f"{prefix}apikey:"
 
@@ -130,7 +133,11 @@ class KeyStore:
 
     async def lookup_digest(self, secret_digest: str) -> ApiKey | None:
         """:meth:`lookup` by the SHA-256 of the secret."""
-        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + secret_digest))
+        if self.fast is not None:
+            flat = await self.fast.call("HGETALL", self._record + secret_digest)
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + secret_digest))
         return _key(fields) if fields.get(b"id") else None
 
     async def create(

@@ -20,13 +20,15 @@ from chat_common.middleware import RequestContextMiddleware
 from gateway.answer import AnswerFilter
 from gateway.api_keys import ApiKey, KeyStore
 from gateway.auth import Authentication, KeyCache
+from gateway.cache import ResponseCache
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
 from gateway.config import Settings, is_loopback
 from gateway.cors import with_cors
-from gateway.discovery import make_resolver
+from gateway.discovery import AddressPool, make_resolver
 from gateway.history import HistoryClient
 from gateway.keys_file import load_keys_file, seed_keys
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
 from gateway.openapi import install_openapi
@@ -34,6 +36,7 @@ from gateway.profiles import load_profiles
 from gateway.proxy import Proxy
 from gateway.redis_state import REDIS_ERRORS, open_redis
 from gateway.registry import Registry
+from gateway.resp import fast_connection_for
 from gateway.retrieval import RetrieverClient
 from gateway.routes import router
 
@@ -57,7 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
                 aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
             )
             app.state.redis = redis = await stack.enter_async_context(open_redis(settings))
-            app.state.api_keys = KeyStore(redis, settings.redis_prefix) if redis is not None else None
+            # one lean pipelined connection for the hot path's calls: key lookups, limits, cache (gateway.resp)
+            fast = fast_connection_for(redis) if redis is not None else None
+            if redis is not None:
+                app.state.limiter.use(redis, fast)
+            app.state.api_keys = KeyStore(redis, settings.redis_prefix, fast=fast) if redis is not None else None
             if app.state.api_keys is not None and file_keys is not None:
                 try:
                     await seed_keys(app.state.api_keys, file_keys)
@@ -73,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
                 resolver=resolver,
                 breaker_threshold=settings.breaker_threshold,
                 breaker_cooldown_s=settings.breaker_cooldown_s,
+                affinity_max_in_flight=settings.affinity_max_in_flight,
             )
             app.state.history = HistoryClient(settings.history_url, client) if settings.history_url else None
             app.state.retriever = (
@@ -81,15 +89,24 @@ def create_app(settings: Settings) -> FastAPI:
                 else None
             )
             app.state.proxy = Proxy(registry, client, GatewayMetrics(CollectorRegistry()), settings.read_timeout_s)
-            await registry.refresh()
+            # A helper service whose name has several addresses (`--scale retriever-read=3`) is asked in turn.
+            pools = []
+            for helper in (app.state.history, app.state.retriever):
+                if helper is not None:
+                    helper.pool = AddressPool(helper.base_url, resolver)
+                    pools.append(helper.pool)
+            await asyncio.gather(registry.refresh(), *(pool.refresh() for pool in pools))
             refresher = asyncio.create_task(registry.run(settings.refresh_interval_s))
+            pool_refresher = asyncio.create_task(_refresh_pools(pools, settings.refresh_interval_s))
             try:
                 yield
             finally:
-                refresher.cancel()
-                with suppress(asyncio.CancelledError):
-                    await refresher
+                for task in (refresher, pool_refresher):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
                 await resolver.close()
+                app.state.limiter.close()
 
     # KeysFileError: the gateway does not start
     file_keys = load_keys_file(settings.api_keys_file) if settings.api_keys_file is not None else None
@@ -102,6 +119,16 @@ def create_app(settings: Settings) -> FastAPI:
     # Every chat answer passes through these, in order (gateway.answer.model_answer); none by default.
     answer_filters: list[AnswerFilter] = []
     app.state.answer_filters = answer_filters
+    # Rate limits (gateway.limits) and the response cache (gateway.cache), in the Redis of app.state.redis.
+    app.state.cache = ResponseCache(
+        ttl_s=settings.cache_ttl_s, max_entry_bytes=settings.cache_max_entry_bytes, prefix=settings.redis_prefix
+    )
+    app.state.limiter = Limiter(
+        settings.rate_limits,
+        anonymous=settings.rate_limit_anonymous,
+        failure=settings.redis_failure,
+        prefix=f"{settings.redis_prefix}rl:",
+    )
     install_error_handlers(app)
     app.include_router(router)
     for compat_router in COMPAT_ROUTERS:
@@ -163,9 +190,11 @@ class Gateway:
 
     The stack, outermost first: request context (request id, access line), CORS when configured
     (:mod:`gateway.cors`: preflights answered before any key is asked for), then admission
-    (authentication, :class:`gateway.auth.Authentication`; rate limits go beside it), then the routes
-    (chat hot path, then FastAPI). Every request passes admission, chat or not, before any body is
-    read, and a refusal it renders still carries the request id and gets its access line.
+    (authentication, :class:`gateway.auth.Authentication`), then the routes (chat hot path, then
+    FastAPI). Every request passes admission, chat or not, before any body is read, and a refusal it
+    renders still carries the request id and gets its access line. Rate limits and the response cache
+    need the request's model, so each chat route admits it once its body is validated
+    (:func:`gateway.limits.admit_chat`).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -178,3 +207,9 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)
+
+
+async def _refresh_pools(pools: list[AddressPool], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.gather(*(pool.refresh() for pool in pools))

@@ -36,6 +36,10 @@ class CircuitBreaker:
         state = self.state
         return state == "closed" or (state == "half_open" and not self.probing)
 
+    def suspect(self) -> bool:
+        """Closed, but its last request(s) failed: a worse choice than a replica without failures."""
+        return self.failures > 0 and self.opened_at is None
+
     def begin(self) -> None:
         """A request is being sent; in the half-open state it is the probe."""
         if self.state == "half_open":

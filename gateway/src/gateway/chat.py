@@ -28,11 +28,13 @@ from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
 from chat_common.requests import chat_request, json_object
 from gateway.affinity import set_affinity
-from gateway.answer import AnswerFilter, count_chat, model_answer
+from gateway.answer import AnswerFilter, count_chat, metered, model_answer
 from gateway.asgi import cancel_on_disconnect, read_body
 from gateway.auth import allow_model
+from gateway.cache import subject_of, wants_cache
 from gateway.compat import alterego, chatqna, finetunellm
 from gateway.conversation import Conversation, Reframe
+from gateway.limits import Admission, admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profile_select import select_profile
 from gateway.proxy import Proxy
@@ -69,6 +71,8 @@ class ChatRoutes:
         try:
             body = await read_body(scope, receive, self.state.settings.max_body_bytes)
             filters: list[AnswerFilter] = list(self.state.answer_filters)
+            wants = False  # the response cache (FineTuneLLM's route always has a session: never cached)
+            answer_as: str | None = None
             if scope["path"] == finetunellm.CHAT_PATH:
                 settings = self.state.settings
                 chat = finetunellm.chat_request(body, settings.finetune_model, settings.finetune_sampling)
@@ -80,16 +84,20 @@ class ChatRoutes:
                     profile, data = chatqna.chat_data(
                         data, self.state.settings, self.state.profiles, self.state.proxy.registry
                     )
-                    answer_as: str | None = chatqna.ANSWER_MODEL
+                    answer_as = chatqna.ANSWER_MODEL
                 else:
                     profile, data = select_profile(self.state.profiles, data, scope["headers"])
                     answer_as = profile.id if profile is not None else None
                 chat = chat_request(data)
                 # The key's allow-list names what clients name: a profile (virtual model) or a model.
                 allow_model(scope, profile.id if profile is not None else chat.model)
+                wants = wants_cache(data, scope["headers"], profile is not None and profile.cache)
                 if answer_as is not None:
+                    # The profile's filter is the first: it shapes the model's own answer, upstream or here.
+                    profile_filter = ProfileFilter(profile, answer_as, self.state.proxy.metrics)
+                    data = profile_filter.request(data, self.state.proxy.registry)
                     body = orjson.dumps(data)
-                    filters.append(ProfileFilter(profile, answer_as, self.state.proxy.metrics))
+                    filters.insert(0, profile_filter)
             session = session_id_of(chat, scope["headers"])  # always one on FineTuneLLM's route
             set_affinity(session)  # a session's requests go to its own replica (its prompt cache)
             if session is not None and self.state.history is None:
@@ -110,13 +118,20 @@ class ChatRoutes:
                     code="retrieval_disabled",
                 )
             query = query_of(chat) if retrieval is not None else None
+            cache_key = (
+                self.state.cache.key(chat, subject=subject_of(scope), route=scope["path"], answer_as=answer_as)
+                if wants and session is None and retrieval is None
+                else None
+            )
+            # the rate limits charged and the cache entry read, in one call to Redis
+            admission = await admit_chat(self.state, scope, chat.model, data["messages"], cache_key)
         except ClientDisconnect:
             return
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
         if session is None and retrieval is None:
-            await self._relay_unchanged(scope, receive, send, chat, body, filters, started)
+            await self._relay_unchanged(scope, receive, send, chat, body, filters, admission, cache_key, started)
         else:
             await Conversation(
                 self.state,
@@ -128,6 +143,7 @@ class ChatRoutes:
                 reframe=reframe,
                 filters=filters,
                 store_on_arrival=reframe is not None,  # FineTuneLLM stored a prompt when it came
+                admission=admission,
             ).run(scope, receive, send, started)
 
     async def _relay_unchanged(
@@ -138,14 +154,24 @@ class ChatRoutes:
         chat: ChatCompletionRequest,
         body: bytes,
         filters: list[AnswerFilter],
+        admission: Admission,
+        cache_key: str | None,
         started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
-        (filtered) answer."""
+        (filtered) answer; with a ``cache_key``, the cached answer (read with the admission) instead, or the
+        answer stored once it has been sent."""
         proxy: Proxy = self.state.proxy
         status = 499
         async with cancel_on_disconnect(receive) as gone:
-            response = await model_answer(proxy, chat, body, filters)
+            response = None if cache_key is None else self.state.cache.replay(admission)
+            if response is None:
+                response = await model_answer(proxy, chat, body, filters, admission)
+                if cache_key is not None:
+                    self.state.cache.recording(admission, cache_key, response)
+            else:  # a hit counts as a request; its token estimate is given back (no model worked)
+                metered(admission, response, count_usage=False)
             await response(scope, receive, send)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)
+        await admission.finish()  # the token charge corrected and the answer cached, in one call

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["FinetuneSampling", "Settings", "is_loopback"]
+__all__ = ["FinetuneSampling", "RateLimit", "Settings", "is_loopback"]
 
 # The FineTuneLLM backend's stop sequences (seed 003's README).
 FINETUNE_STOPS = (
@@ -41,6 +41,15 @@ class FinetuneSampling(BaseModel):
     repeat_penalty: float | None = Field(1.1, gt=0.0, le=10.0)
     stop: list[str] | None = Field(default_factory=lambda: list(FINETUNE_STOPS), max_length=16)
     seed: int | None = None  # not the seed's: set one for reproducible answers
+
+
+class RateLimit(BaseModel):
+    """Requests and tokens a minute; a missing (null) one is not limited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, description="Requests a minute.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt and completion) a minute.")
 
 
 class Settings(BaseSettings):
@@ -75,6 +84,14 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="Seconds a failing replica stays out; then one request probes it (success puts it back).",
+    )
+    affinity_max_in_flight: int = Field(
+        4,
+        ge=0,
+        description="A session's requests go to one replica (its prompt cache holds the conversation) unless "
+        "that replica is saturated: this gateway already has this many requests in flight there (match the "
+        "replica's slots, INFERENCE_GGUF_N_SLOTS; 4 for the bundled model), or it answers 429 (its queue is "
+        "full). Then the least busy replica answers. 0: only a 429 counts as saturated.",
     )
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout to a service, in seconds.")
     read_timeout_s: float = Field(
@@ -210,8 +227,35 @@ class Settings(BaseSettings):
             "X-Request-ID",
             "X-Session-ID",
             "X-Switchboard-Profile",
+            "X-Switchboard-Cache",
         ],
         description="Request headers a browser may send cross-origin (JSON list), when GATEWAY_CORS_ORIGINS is set.",
+    )
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description='Default rate limits per model, as JSON: model id (or "*" for any model) -> {"rpm": requests '
+        'a minute, "tpm": tokens a minute}, e.g. {"*": {"rpm": 60, "tpm": 40000}}. They apply per API key and '
+        "model (and per client address and model when GATEWAY_RATE_LIMIT_ANONYMOUS is set), beside a key's own "
+        "limits. Counted in Redis, shared by every gateway replica.",
+    )
+    rate_limit_anonymous: RateLimit | None = Field(
+        None,
+        description="Limits of requests without an API key (authentication off), per client address, as JSON "
+        '{"rpm", "tpm"}; the model defaults then apply per address too. Empty: such requests are not limited.',
+    )
+    redis_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="When Redis cannot be reached for rate limits: 'open' answers anyway (a warning in the log, "
+        "X-Switchboard-Ratelimit: unavailable on the answer), 'closed' answers 503.",
+    )
+    cache_ttl_s: float = Field(
+        3600.0, gt=0, description="Seconds a cached answer is kept (opt-in response cache, see the README)."
+    )
+    cache_max_entry_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest answer the response cache stores, in bytes (a stream's relayed bytes); larger ones "
+        "are answered and not cached. Redis's maxmemory policy bounds the cache as a whole.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -230,6 +274,15 @@ class Settings(BaseSettings):
                 f"{why} needs API keys, which live in Redis, but GATEWAY_REDIS_URL is empty. Set "
                 "GATEWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or bind 127.0.0.1, or set GATEWAY_AUTH=off "
                 "to serve without keys (anyone who can reach the port can then use every model)."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_need_redis(self) -> Settings:
+        if (self.rate_limits or self.rate_limit_anonymous is not None) and self.redis_url is None:
+            raise ValueError(
+                "GATEWAY_RATE_LIMITS / GATEWAY_RATE_LIMIT_ANONYMOUS are counted in Redis, but GATEWAY_REDIS_URL is "
+                "empty. Set GATEWAY_REDIS_URL (e.g. redis://127.0.0.1:6379/0), or leave the limits empty."
             )
         return self
 

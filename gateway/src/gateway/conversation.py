@@ -22,9 +22,10 @@ from chat_common import sse
 from chat_common.context import access_fields, request_id
 from chat_common.errors import APIError, error_response
 from chat_common.protocol import ChatCompletionRequest
-from gateway.answer import AnswerFilter, count_chat, model_answer, replace_body
+from gateway.answer import AnswerFilter, count_chat, metered, model_answer, replace_body
 from gateway.asgi import cancel_on_disconnect
 from gateway.history import HistoryClient, HistoryUnavailable
+from gateway.limits import Admission
 from gateway.proxy import EventStream, Proxy
 from gateway.retrieval import Passages, RetrievalSpec, RetrieverClient, RetrieverUnavailable, with_passages
 from gateway.sessions import Transcript, answer_message, compose, fit_history, new_exchange_id, request_messages
@@ -60,6 +61,7 @@ class Conversation:
         reframe: Reframe | None,
         filters: Sequence[AnswerFilter] | None = None,
         store_on_arrival: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.proxy: Proxy = state.proxy
         self.history: HistoryClient = state.history
@@ -80,6 +82,7 @@ class Conversation:
         self.store_on_arrival = store_on_arrival
         self.exchange_id = new_exchange_id()
         self.arrival: asyncio.Task[None] | None = None  # storing the request's messages, when on arrival
+        self.admission = admission  # the request's rate limits (gateway.limits)
 
     async def run(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         """Answer the request; ``started``: its ``time.perf_counter()`` on arrival (for the metrics)."""
@@ -89,11 +92,13 @@ class Conversation:
                 body = await self._prepare()
             except APIError as exc:
                 response: Response | EventStream = error_response(exc)
+                if self.admission is not None:
+                    metered(self.admission, response)
             else:
                 self.forwarded = True
                 if self.store_on_arrival and self.session is not None:
                     self.arrival = asyncio.create_task(self._append(self._request_messages(), "request"))
-                response = await model_answer(self.proxy, self.chat, body, self.filters)
+                response = await model_answer(self.proxy, self.chat, body, self.filters, self.admission)
             if isinstance(response, EventStream):
                 response.pieces = self._observed(response.pieces)
             elif response.status_code == 200:
@@ -105,6 +110,8 @@ class Conversation:
             await response(scope, receive, self._with_headers(send))
             status = response.status_code
         count_chat(self.proxy, self.chat.model, status, gone(), started)
+        if self.admission is not None:
+            await self.admission.finish()  # the token charge corrected, once the answer has been sent
         if gone():
             await self._store()  # what the client was sent before it left, marked interrupted
 

@@ -13,13 +13,14 @@ addresses); those stay one replica each.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-__all__ = ["expand", "make_resolver"]
+__all__ = ["AddressPool", "expand", "make_resolver"]
 
 
 def make_resolver(nameservers: list[str]) -> AbstractResolver:
@@ -52,3 +53,27 @@ async def expand(url: str, resolver: AbstractResolver) -> list[str]:
         raise OSError(f"'{host}' resolved to no address")
     netlocs = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
     return [urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)) for netloc in netlocs]
+
+
+class AddressPool:
+    """The addresses of one helper service's URL (the retriever's read replicas, the history service): one URL
+    per container of a scaled service, taken in turn so that requests spread over them (a pooled keep-alive
+    connection would otherwise keep them on one). :meth:`refresh` re-resolves; until the first success, and
+    while the name does not resolve, the configured URL itself is used (its connection error says why)."""
+
+    def __init__(self, url: str, resolver: AbstractResolver) -> None:
+        self.url = url
+        self.urls = [url]
+        self._resolver = resolver
+        self._turn = itertools.count()
+
+    async def refresh(self) -> None:
+        try:
+            self.urls = await expand(self.url, self._resolver)
+        except (OSError, aiohttp.ClientError):
+            pass  # keep what was known: a container that is gone fails its connection and the next is asked
+
+    def order(self) -> list[str]:
+        """Every address, starting with the next one in turn."""
+        start = next(self._turn) % len(self.urls)
+        return self.urls[start:] + self.urls[:start]

@@ -80,6 +80,20 @@ class GatewayMetrics:
             ["profile", "decision"],
             registry=registry,
         )
+        self.affinity_results = Counter(
+            "gateway_affinity",
+            "Answers to requests with a session, by model and result: hit (the session's own replica answered) "
+            "or fallback (it was down, out for a cool-down, saturated, or answered 429: another one did).",
+            ["model", "result"],
+            registry=registry,
+        )
+        self.profile_filters = Counter(
+            "gateway_profile_filters",
+            "Profile answers with a reasoning split or guardrail, by who applied the filter (service: pushed "
+            "down to the model service; gateway: filtered here).",
+            ["by"],
+            registry=registry,
+        )
         self.models = Gauge("gateway_models_routable", "Models with at least one reachable replica.", registry=registry)
 
         # Labelled children, looked up once per label set (``labels()`` costs a lock and several calls).
@@ -109,3 +123,6 @@ class GatewayMetrics:
             self._child(self.prompt_tokens, model_label).inc(prompt)
         if isinstance(completion, int) and completion > 0:
             self._child(self.completion_tokens, model_label).inc(completion)
+
+    def affinity(self, model_label: str, result: str) -> None:
+        self._child(self.affinity_results, model_label, result).inc()

@@ -73,8 +73,9 @@ _ERRORS = {
     "403": "The API key may not use this model",
     "404": "Unknown model or profile",
     "413": "Body larger than GATEWAY_MAX_BODY_BYTES",
-    "429": "Busy or rate-limited (Retry-After)",
-    "503": "A service (or Redis, for API keys) is unavailable (Retry-After)",
+    "429": "Busy, or a rate limit reached (Retry-After, x-ratelimit-*)",
+    "503": "A service (or Redis, for API keys, or for rate limits with GATEWAY_REDIS_FAILURE=closed) is unavailable "
+    "(Retry-After)",
 }
 
 

@@ -20,11 +20,13 @@ from typing import Any
 import orjson
 
 from chat_common import sse
+from chat_common.answer_filter import FILTER_FIELD, FILTER_VERSION, TextFilter, filter_choice
+from chat_common.guardrails import Guardrail
 from chat_common.protocol import ChatCompletionRequest
-from gateway.guardrails import Guardrail, StreamGuard
+from gateway.answer import AnswerFilter
 from gateway.metrics import GatewayMetrics
 from gateway.profiles import Profile
-from gateway.reasoning import ReasoningSplitter, split_reasoning
+from gateway.registry import Registry
 
 __all__ = ["ProfileFilter"]
 
@@ -32,52 +34,79 @@ logger = logging.getLogger(__name__)
 
 
 class ProfileFilter:
-    """Filter for one request of ``profile`` (None: only the rename), answering as ``answer_model``."""
+    """Filter for one request of ``profile`` (None: only the rename), answering as ``answer_model``.
+
+    :meth:`request` puts the filter into the request body for a model whose service applies it itself
+    (its card advertises ``switchboard_filter``); when the replica's answer says it did
+    (:meth:`upstream_applied`), the gateway only counts the guardrail's decision and relays the stream's
+    bytes as they come. Otherwise it filters the answer here, with the same code."""
 
     def __init__(self, profile: Profile | None, answer_model: str | None, metrics: GatewayMetrics | None) -> None:
         self.profile = profile
         self.answer_model = answer_model
         self.metrics = metrics
         self.guardrail: Guardrail | None = profile.guardrail() if profile is not None else None
-        self.tags = profile.reasoning if profile is not None else None
+        self.tags = (profile.reasoning.open, profile.reasoning.close) if profile and profile.reasoning else None
+        self.sent = False  # the filter went upstream with the request
+
+    # -- pushing down ------------------------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        """The filter as the ``switchboard_filter`` extension (:class:`chat_common.answer_filter.FilterSpec`)."""
+        spec: dict[str, Any] = {"answer_model": self.answer_model}
+        if self.tags is not None:
+            spec["reasoning_tags"] = list(self.tags)
+        if self.guardrail is not None:
+            spec["banned"] = self.guardrail.phrases
+            spec["fallback"] = self.guardrail.fallback
+        return spec
+
+    def request(self, data: dict[str, Any], registry: Registry) -> dict[str, Any]:
+        """``data`` (the request body for the profile's model) with the filter for the model service when
+        the model's card says its service applies it. A ``switchboard_filter`` the client sent is dropped
+        either way: a profile's guardrail is the gateway's, not the client's, to set."""
+        data.pop(FILTER_FIELD, None)
+        card = registry.card(str(data.get("model"))) or {}
+        if card.get(FILTER_FIELD) == FILTER_VERSION:
+            data[FILTER_FIELD] = self.spec()
+            self.sent = True
+        return data
+
+    def upstream_applied(self) -> AnswerFilter | None:
+        """What is left to do for an answer whose replica says it applied a filter: nothing but counting
+        the guardrail's decision when this filter was sent (None without a guardrail), all of it when not."""
+        if not self.sent:
+            return self
+        self._count("service")
+        return _Decisions(self) if self.guardrail is not None else None
+
+    def _count(self, by: str) -> None:
+        if self.metrics is not None and (self.tags is not None or self.guardrail is not None):
+            self.metrics.profile_filters.labels(by).inc()
 
     # -- decisions ---------------------------------------------------------------------------------
-    def _decide(self, phrase: str | None) -> None:
+    def _decide(self, phrase: str | None, *, blocked: bool | None = None) -> None:
         if self.guardrail is None or self.profile is None:
             return
-        decision = "blocked" if phrase else "passed"
+        decision = "blocked" if (phrase if blocked is None else blocked) else "passed"
         if self.metrics is not None:
             self.metrics.guardrail_decisions.labels(self.profile.id, decision).inc()
         logger.info("guardrail decision", extra={"profile": self.profile.id, "decision": decision, "phrase": phrase})
 
     # -- whole answers -----------------------------------------------------------------------------
     def completion(self, chat: ChatCompletionRequest, payload: dict[str, Any]) -> dict[str, Any]:
+        self._count("gateway")
         if self.answer_model:
             payload["model"] = self.answer_model
         for choice in payload.get("choices") or []:
-            message = choice.get("message") or {}
-            content = message.get("content") or ""
-            reasoning = message.get("reasoning_content")
-            if self.tags is not None:
-                split, content = split_reasoning(content, self.tags.open, self.tags.close)
-                if split is not None:
-                    reasoning = (reasoning or "") + split
-                message["content"] = content
-                if reasoning is not None:
-                    message["reasoning_content"] = reasoning
-            if self.guardrail is not None:
-                phrase = self.guardrail.find(content) or self.guardrail.find(reasoning or "")
-                self._decide(phrase)
-                if phrase:
-                    message["content"] = self.guardrail.fallback
-                    message.pop("reasoning_content", None)
-                    choice["finish_reason"] = "content_filter"
+            phrase = filter_choice(choice, self.tags, self.guardrail)
+            self._decide(phrase)
         return payload
 
     # -- streams -----------------------------------------------------------------------------------
     def stream(self, chat: ChatCompletionRequest, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if self.tags is None and self.guardrail is None:
             return self._renamed(pieces)
+        self._count("gateway")
         return _FilteredStream(self).run(pieces)
 
     async def _renamed(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -97,6 +126,38 @@ class ProfileFilter:
             yield b"".join(out)
 
 
+class _Decisions:
+    """The guardrail's decision on an answer its replica filtered: read from the bytes (a
+    ``content_filter`` finish reason), which are passed on unchanged."""
+
+    def __init__(self, owner: ProfileFilter) -> None:
+        self.owner = owner
+
+    def completion(self, chat: ChatCompletionRequest, payload: dict[str, Any]) -> dict[str, Any]:
+        for choice in payload.get("choices") or []:
+            self.owner._decide(None, blocked=choice.get("finish_reason") == "content_filter")
+        return payload
+
+    async def stream(self, chat: ChatCompletionRequest, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        blocked = False
+        done = False
+        try:
+            async for piece in pieces:
+                if _BLOCKED in piece:
+                    blocked = True
+                done = piece.endswith(sse.DONE)
+                yield piece
+        finally:
+            if done:  # a complete answer (not one cut short or left by the client)
+                self.owner._decide(None, blocked=blocked)
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()
+
+
+_BLOCKED = b'"finish_reason":"content_filter"'
+
+
 def _events(piece: bytes) -> list[dict[str, Any] | None]:
     """The events of one relayed piece (None for ``[DONE]``)."""
     out: list[dict[str, Any] | None] = []
@@ -110,22 +171,18 @@ def _events(piece: bytes) -> list[dict[str, Any] | None]:
 
 
 class _FilteredStream:
-    """Per-answer state of a filtered stream."""
+    """Per-answer state of a stream the gateway filters (:class:`chat_common.answer_filter.TextFilter`)."""
 
     def __init__(self, owner: ProfileFilter) -> None:
         self.owner = owner
-        tags = owner.tags
-        self.splitter = ReasoningSplitter(tags.open, tags.close) if tags is not None else None
-        self.guards: dict[str, StreamGuard] | None = (
-            {"reasoning_content": owner.guardrail.stream(), "content": owner.guardrail.stream()}
-            if owner.guardrail is not None
-            else None
-        )
+        self.filter = TextFilter(owner.tags, owner.guardrail)
         self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
         self.frame: tuple[bytes, bytes] | None = None  # a content chunk's bytes around its delta
         self.flushed = False
-        self.reasoning_done = False
-        self.blocked: str | None = None
+
+    @property
+    def blocked(self) -> str | None:
+        return self.filter.blocked
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         if self.frame is not None and finish_reason is None and len(delta) == 1:
@@ -135,41 +192,12 @@ class _FilteredStream:
         chunk = {**self.template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
         return sse.event(chunk)
 
-    def _guarded(self, field: str, text: str, *, last: bool = False) -> list[bytes]:
-        """The chunk of ``text`` the guard releases (``last``: everything it still holds); none once blocked."""
-        if self.blocked is not None:
-            return []
-        if self.guards is not None:
-            guard = self.guards[field]
-            released = guard.feed(text) + (guard.finish() if last else "")
-            if guard.blocked:
-                self.blocked = guard.blocked
-                return []
-            text = released
-        return [self._chunk({field: text})] if text else []
-
-    def _deltas(self, reasoning: str, content: str) -> list[bytes]:
-        """Chunks for new reasoning and content text, through the guards. The reasoning guard releases all it
-        holds when the content starts, so every reasoning chunk comes before the first content chunk."""
-        out = self._guarded("reasoning_content", reasoning) if reasoning else []
-        if content:
-            if not self.reasoning_done:
-                self.reasoning_done = True
-                out += self._guarded("reasoning_content", "", last=True)
-            out += self._guarded("content", content)
-        return out
-
     def _flush(self) -> list[bytes]:
         """Everything still held back (answer end)."""
         if self.flushed:
             return []
         self.flushed = True
-        reasoning, content = self.splitter.finish() if self.splitter is not None else ("", "")
-        out = self._deltas(reasoning, content)
-        if not self.reasoning_done:
-            self.reasoning_done = True
-            out += self._guarded("reasoning_content", "", last=True)
-        out += self._guarded("content", "", last=True)
+        out = [self._chunk({field: text}) for field, text in self.filter.finish()]
         if self.blocked is None:
             self.owner._decide(None)
         return out
@@ -185,10 +213,7 @@ class _FilteredStream:
 
     def _text(self, text: str, reasoning: str = "") -> list[bytes]:
         """Chunks for answer text (and reasoning the upstream already split off) as it arrives."""
-        if self.splitter is not None and text:
-            more_reasoning, text = self.splitter.feed(text)
-            reasoning += more_reasoning
-        return self._deltas(reasoning, text)
+        return [self._chunk({field: part}) for field, part in self.filter.feed(text, reasoning)]
 
     def _learn(self, prefix: bytes, suffix: bytes) -> None:
         """Keep a content chunk's bytes around its delta as the template of the chunks sent."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway.guardrails import Guardrail
 
@@ -52,6 +52,8 @@ class Profile(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     reasoning: ReasoningTags | None = None  # None: the answer is passed on without splitting
     guardrails: Guardrails | None = None
+    cache: bool = False  # deterministic requests answered from the response cache (gateway.cache)
+    _guardrail: Guardrail | None = PrivateAttr(default=None)
 
     @field_validator("sampling")
     @classmethod
@@ -67,9 +69,12 @@ class Profile(BaseModel):
         return "\n\n".join(parts)
 
     def guardrail(self) -> Guardrail | None:
+        """The compiled banned phrases (compiled once; None without any)."""
         if self.guardrails is None or not self.guardrails.banned:
             return None
-        return Guardrail(self.guardrails.banned, self.guardrails.fallback)
+        if self._guardrail is None:
+            self._guardrail = Guardrail(self.guardrails.banned, self.guardrails.fallback)
+        return self._guardrail
 
     def apply(self, data: dict[str, Any]) -> dict[str, Any]:
         """A chat request body for this profile: its model, its system message first (a request's own

@@ -24,8 +24,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chat_common import sse
+from chat_common.answer_filter import FILTER_HEADER
 from chat_common.context import REQUEST_ID_HEADER, access_fields, request_id
 from chat_common.errors import APIError
+from gateway import affinity
 from gateway.metrics import OTHER_MODEL, GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
 
@@ -33,7 +35,7 @@ __all__ = ["EventStream", "Proxy"]
 
 logger = logging.getLogger(__name__)
 
-_PASSED_BACK = ("content-type", "retry-after")
+_PASSED_BACK = ("content-type", "retry-after", FILTER_HEADER)
 _TEXT_DELTA = b'"delta":{"content":'  # a chunk with text (the first chunk of a stream has a role first)
 _USAGE = b'"usage":{'
 
@@ -86,19 +88,25 @@ class Proxy:
         (an :class:`EventStream` when ``stream`` and the replica streams), or an :class:`APIError` 503/404.
         A cancellation (the client left) drops the upstream request.
 
-        Replicas are tried in :meth:`Registry.candidates` order: the next one when a connection is refused
-        (any number of times), when a replica answers 429 (saturated), and once when one times out or answers
-        5xx before its answer started (``_RETRIES``); the last replica's answer is passed on as it is. Each
-        outcome is reported to the replica's circuit breaker (5xx, timeouts, refused connections and streams
-        cut short are failures)."""
+        The first replica is :meth:`Registry.candidates`' first; each further one is chosen when it is needed,
+        among the replicas routable *then* and not yet tried (a breaker that opened meanwhile, from this or
+        any concurrent request, is respected): the next one when a connection is refused (any number of
+        times), when a replica answers 429 (saturated), and once when one times out or answers 5xx before
+        its answer started (``_RETRIES``); when no replica is left, the last answer is passed on as it is.
+        Each outcome is reported to the replica's circuit breaker (5xx, timeouts, refused connections and
+        streams cut short are failures). A request with a session counts as an affinity hit or fallback
+        (:meth:`Registry.home`) on the replica whose answer is passed on."""
         access_fields()["model"] = model
         started = time.perf_counter()
-        replicas = await self.route(model)
+        first = (await self.route(model))[0]
+        service = first.service
+        replica: Replica | None = first
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id() or ""}
         failures: list[str] = []
+        tried: set[int] = set()
         retries = _RETRIES
-        for index, replica in enumerate(replicas):
-            last = index + 1 == len(replicas)
+        while replica is not None:
+            tried.add(id(replica))
             release = _claim(replica)
             try:
                 upstream = await self._post(replica.url + path, body, headers)
@@ -108,14 +116,17 @@ class Proxy:
                 self.metrics.upstream_failures.labels(replica.service, "connect").inc()
                 replica.breaker.failure()
                 self.registry.mark_unreachable(replica, describe_error(exc))
+                replica = self._next(model, tried)
                 continue
             except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
                 replica.breaker.failure()
-                if not last and retries:
+                following = self._next(model, tried) if retries else None
+                if following is not None:
                     retries -= 1
                     failures.append(f"{replica.url}: no answer within {self.read_timeout_s:g}s")
+                    replica = following
                     continue
                 raise APIError(
                     503,
@@ -127,9 +138,11 @@ class Proxy:
                 release()
                 self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
                 replica.breaker.failure()
-                if not last and retries:
+                following = self._next(model, tried) if retries else None
+                if following is not None:
                     retries -= 1
                     failures.append(f"{replica.url}: {describe_error(exc)}")
+                    replica = following
                     continue
                 raise APIError(
                     503,
@@ -145,14 +158,19 @@ class Proxy:
                     replica.breaker.failure()
                 else:
                     replica.breaker.success()  # a 429 too: the replica is alive, only busy
-                if not last and (upstream.status == 429 or (upstream.status >= 500 and retries)):
+                following = None
+                if upstream.status == 429 or (upstream.status >= 500 and retries):
+                    following = self._next(model, tried)
+                if following is not None:
                     if upstream.status >= 500:
                         retries -= 1
                     failures.append(f"{replica.url}: HTTP {upstream.status}")
                     await upstream.read()  # the connection goes back to the pool
                     upstream.release()
                     release()
+                    replica = following
                     continue
+                self._count_affinity(model, replica)
                 if stream:
                     return await self._stream(replica, upstream, release, model, started)
                 try:
@@ -166,13 +184,22 @@ class Proxy:
                 upstream.close()
                 release()
                 raise
-        service = replicas[0].service
         raise APIError(
             503,
             f"The service '{service}' that serves '{model}' is unavailable "
             f"({'; '.join(failures)}). Check that it is running and reachable from the gateway.",
             code="upstream_unavailable",
         )
+
+    def _next(self, model: str, tried: set[int]) -> Replica | None:
+        """The replica to ask next: the first of those routable now that this request has not tried."""
+        return next((r for r in self.registry.candidates(model) if id(r) not in tried), None)
+
+    def _count_affinity(self, model: str, replica: Replica) -> None:
+        key = affinity.affinity_key()
+        if key is not None:
+            home = self.registry.home(model, key)
+            self.metrics.affinity(self.model_label(model), "hit" if replica is home else "fallback")
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """POST, asking once more on a fresh connection when a pooled one turns out to be closed."""
@@ -209,7 +236,9 @@ class Proxy:
                 upstream.close()
             release()
 
-        return EventStream(self._relay(replica, upstream, model, started), on_close=close)
+        stream = EventStream(self._relay(replica, upstream, model, started), on_close=close)
+        stream.filtered = FILTER_HEADER in upstream.headers
+        return stream
 
     async def _relay(
         self, replica: Replica, upstream: aiohttp.ClientResponse, model: str, started: float
@@ -293,10 +322,12 @@ class EventStream:
     def __init__(self, pieces: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
         self.pieces = pieces
         self.on_close = on_close
+        self.headers = self._HEADERS  # replaced (never changed in place) to add headers
+        self.filtered = False  # the replica applied the request's answer filter (chat_common.answer_filter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for piece in self.pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

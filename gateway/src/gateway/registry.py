@@ -53,10 +53,12 @@ class Registry:
         resolver: AbstractResolver | None = None,
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 10.0,
+        affinity_max_in_flight: int = 0,
     ) -> None:
         self._sources = [(name, url) for name, urls in services.items() for url in urls]
         self._resolver = resolver
         self._breaker = (breaker_threshold, breaker_cooldown_s)
+        self._saturated_at = affinity_max_in_flight
         self.replicas = [self._new(name, url, url) for name, url in self._sources]
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -154,8 +156,10 @@ class Registry:
     # -- routing -----------------------------------------------------------------------------------
     def candidates(self, model: str) -> list[Replica]:
         """Replicas serving ``model`` that may take a request now (breaker closed, or half-open with no probe
-        under way), least busy first (ties rotate), the current session's replica first when there is one
-        (:func:`gateway.affinity.set_affinity`); empty when the model is unknown or nothing may take it."""
+        under way): those without a recent failure first, then least busy first (ties rotate); the current
+        session's replica first when there is one (:func:`gateway.affinity.set_affinity`) unless it is
+        saturated (this gateway has ``affinity_max_in_flight`` requests in flight there: its slots are full,
+        a request would queue). Empty when the model is unknown or nothing may take it."""
         routed = self._routes.get(model)
         if not routed:
             return []
@@ -164,9 +168,22 @@ class Registry:
             turn = next(self._tiebreak)
             n = len(replicas)
             position = {id(r): i for i, r in enumerate(replicas)}
-            replicas.sort(key=lambda r: (r.in_flight, (position[id(r)] - turn) % n))
+            # A replica whose last answers failed (not yet enough to open its breaker) comes after the others;
+            # a half-open one is not demoted (its probe must go some time).
+            replicas.sort(key=lambda r: (r.breaker.suspect(), r.in_flight, (position[id(r)] - turn) % n))
         key = affinity.affinity_key()
-        return affinity.order(key, replicas, lambda r: r.url) if key else replicas
+        if not key:
+            return replicas
+        ordered = affinity.order(key, replicas, _url)
+        if self._saturated_at and ordered[0].in_flight >= self._saturated_at:
+            return replicas  # least busy first: the session moves rather than queues
+        return ordered
+
+    def home(self, model: str, key: str) -> Replica | None:
+        """The replica a session prefers for ``model`` among every replica known to list it, routable or not
+        (down, or out for a cool-down): requests served elsewhere are affinity fallbacks."""
+        known = [r for r in self.replicas if model in r.models]
+        return affinity.order(key, known, _url)[0] if known else None
 
     def open_circuits(self, model: str) -> list[Replica]:
         """Replicas serving ``model`` that are out for a cool-down (their breaker is open)."""
@@ -194,6 +211,10 @@ class Registry:
     def tripped(self) -> list[Replica]:
         """Reachable replicas taken out by their circuit breaker."""
         return [r for r in self.replicas if r.reachable and r.breaker.state != "closed"]
+
+
+def _url(replica: Replica) -> str:
+    return replica.url
 
 
 def describe_error(exc: BaseException) -> str:

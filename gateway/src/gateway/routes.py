@@ -89,6 +89,15 @@ async def ready(request: Request) -> dict[str, object]:
         "status": "ready",
         "models": registry.model_ids,
         "unreachable": [{"service": r.service, "url": r.url, "error": r.error} for r in registry.unreachable()],
+        "tripped": [
+            {
+                "service": r.service,
+                "url": r.url,
+                "state": r.breaker.state,
+                "retry_in_s": round(r.breaker.retry_in_s(), 1),
+            }
+            for r in registry.tripped()
+        ],
     }
 
 

@@ -14,9 +14,14 @@ from typing import Any
 import aiohttp
 
 from chat_common.context import REQUEST_ID_HEADER, request_id
+from gateway.discovery import AddressPool
 from gateway.registry import describe_error
 
 __all__ = ["JsonService", "ServiceRefused", "ServiceUnavailable"]
+
+
+# Failures after which another address of the service is asked.
+_MOVE_ON = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)  # refused, reset, or a closed pooled one
 
 
 class ServiceUnavailable(Exception):
@@ -42,6 +47,8 @@ class JsonService:
         self.base_url = base_url
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Set by the app: the addresses base_url's name resolves to (a scaled service), asked in turn.
+        self.pool: AddressPool | None = None
 
     async def ready(self) -> bool:
         try:
@@ -53,9 +60,23 @@ class JsonService:
             return False
 
     async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """One request to the service: to the next of its addresses in turn (:attr:`pool`), and to the
+        following ones while a connection is refused or a pooled one turns out closed (the container went
+        away). Moving on is safe for what the gateway asks of these services: searches and reads, and
+        history writes, which carry fixed message ids."""
+        bases = self.pool.order() if self.pool is not None else [self.base_url]
+        for base in bases[:-1]:
+            try:
+                return await self._call(base, method, path, **kwargs)
+            except self.unavailable as exc:
+                if not isinstance(exc.__cause__, _MOVE_ON):
+                    raise
+        return await self._call(bases[-1], method, path, **kwargs)
+
+    async def _call(self, base_url: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             async with self._session.request(
-                method, self.base_url + path, timeout=self._timeout, headers=_request_headers(), **kwargs
+                method, base_url + path, timeout=self._timeout, headers=_request_headers(), **kwargs
             ) as response:
                 if response.status >= 500:
                     raise self.unavailable(
@@ -71,7 +92,7 @@ class JsonService:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if isinstance(exc, ServiceRefused):
                 raise
-            raise self.unavailable(f"{self.base_url}: {describe_error(exc)}") from exc
+            raise self.unavailable(f"{base_url}: {describe_error(exc)}") from exc
 
 
 def _request_headers() -> dict[str, str]:

@@ -46,7 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         for spec in specs
     }
-    serving = ChatServing(engines, {s.id: s.defaults for s in specs}, metrics, settings.retry_after_s)
+    serving = ChatServing(
+        engines, {s.id: s.defaults for s in specs}, metrics, settings.retry_after_s, settings.default_max_tokens
+    )
 
     async def load_all(app: FastAPI) -> None:
         for model_id, engine in engines.items():

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         description="Requests that may wait per model while every slot is busy; beyond that the service "
         "answers 429 with Retry-After.",
     )
+    default_max_tokens: int = Field(
+        512,
+        ge=0,
+        description="Answer length in tokens when neither the request (max_tokens) nor the model's "
+        "defaults.max_tokens set one; the answer then ends with finish_reason 'length' "
+        "(about 5 s of the bundled model on 2 CPU cores). "
+        "0: until the context is full.",
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 429.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     llama_verbose: bool = Field(False, description="Let llama.cpp print its own load and timing logs.")

@@ -299,7 +299,12 @@ class LlamaEngine:
 
     # -- requests ----------------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:
-        """Queue a sequence; raises :class:`EngineBusy` when the queue is full."""
+        """Queue a sequence; raises :class:`EngineBusy` when the queue is full. The one sequence the scheduler
+        has taken out to wait for a free slot counts as waiting too, so at most ``max_queue`` ever wait."""
+        scheduler = self._scheduler
+        held = 1 if scheduler is not None and scheduler.holding else 0
+        if self._queue.qsize() + held >= self._queue.maxsize:  # only submit() adds: no race past the limit
+            raise EngineBusy(f"model '{self.model_id}' has {self._queue.maxsize} requests waiting")
         try:
             self._queue.put_nowait(seq)
         except queue.Full:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from chat_common.answer_filter import FILTER_FIELD, FILTER_VERSION
 from chat_common.engine_serving import serve_chat
 from chat_common.errors import APIError
 from chat_common.metrics import metrics_response
@@ -38,6 +39,7 @@ async def list_models(request: Request) -> ModelList:
                     "owned_by": SERVICE,
                     "context_length": engine.n_ctx if engine.loaded else None,
                     "loaded": engine.loaded,
+                    FILTER_FIELD: FILTER_VERSION,  # applies a pushed-down answer filter
                 }
             )
         )

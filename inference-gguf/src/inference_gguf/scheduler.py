@@ -114,6 +114,11 @@ class Scheduler:
                 logger.exception("decoding step failed", extra={"model": self.model_id})
                 self._fail_all(f"generation failed: {exc}")
 
+    @property
+    def holding(self) -> bool:
+        """Whether a sequence taken from the queue waits here for a free slot."""
+        return self._held is not None
+
     def busy_slots(self) -> int:
         return sum(s.busy for s in self.slots)
 

@@ -24,8 +24,9 @@ class ChatServing(EngineServing):
         defaults: dict[str, SamplingDefaults],
         metrics: GenerationMetrics,
         retry_after_s: int,
+        default_max_tokens: int,
     ) -> None:
-        super().__init__(metrics, retry_after_s)
+        super().__init__(metrics, retry_after_s, default_max_tokens)
         self.engines = engines
         self.defaults = defaults
 
@@ -45,19 +46,12 @@ class ChatServing(EngineServing):
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
         engine = self.engine_for(request.model)
         access_fields()["model"] = request.model
+        self.refuse_unsupported(request, structured_output=True)  # response_format: llama.cpp grammars
         try:
             prompt = engine.render(template_messages(request))
         except TemplateError as exc:
             raise self.template_failed(request.model, exc) from exc
         extra = request.model_extra or {}
-        for name in ("logprobs", "top_logprobs"):
-            if extra.get(name):  # never a silent 200 without what was asked for
-                raise APIError(
-                    400,
-                    f"The model '{request.model}' does not return {name} yet; remove the field.",
-                    param=name,
-                    code="unsupported_parameter",
-                )
         grammar = grammar_for(extra.get("response_format"))
         if grammar is not None and not await run_in_threadpool(engine.grammar_compiles, grammar):
             raise APIError(

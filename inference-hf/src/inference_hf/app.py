@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         retry_after_s=settings.retry_after_s,
         observer=metrics,
     )
-    serving = ChatServing(engine, manager, metrics, settings.retry_after_s)
+    serving = ChatServing(engine, manager, metrics, settings.retry_after_s, settings.default_max_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

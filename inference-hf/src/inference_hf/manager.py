@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from chat_common.answer_filter import FILTER_FIELD, FILTER_VERSION
 from chat_common.errors import APIError
 from inference_hf.catalog import ModelSpec, local_context_length
 from inference_hf.prepare import PrepareError, is_prepared, prepare_gguf, prepared_dir, resolve_gguf
@@ -361,6 +362,7 @@ class ModelManager:
             "created": self.created,
             "owned_by": SERVICE,
             "context_length": context,
+            FILTER_FIELD: FILTER_VERSION,  # applies a pushed-down answer filter (chat_common.answer_filter)
             "state": {
                 "loaded": loaded,
                 "status": state.status,

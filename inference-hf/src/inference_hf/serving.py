@@ -19,12 +19,21 @@ __all__ = ["ChatServing"]
 
 
 class ChatServing(EngineServing):
-    def __init__(self, engine: HFEngine, manager: ModelManager, metrics: ServiceMetrics, retry_after_s: int) -> None:
-        super().__init__(metrics, retry_after_s)
+    def __init__(
+        self,
+        engine: HFEngine,
+        manager: ModelManager,
+        metrics: ServiceMetrics,
+        retry_after_s: int,
+        default_max_tokens: int,
+    ) -> None:
+        super().__init__(metrics, retry_after_s, default_max_tokens)
         self.engine = engine
         self.manager = manager
 
     async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        # No grammar-constrained sampling in this engine: response_format is refused, never ignored.
+        self.refuse_unsupported(request, structured_output=False)
         lease = await self.manager.acquire(request.model)  # 404 unknown, 503 cannot load
         access_fields()["model"] = request.model
         try:

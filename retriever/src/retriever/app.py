@@ -1,7 +1,8 @@
 """App factory: ``create_app(settings)`` builds the service; the lifespan loads the embedders and opens the
 collections on a thread, so /health answers at once and /ready turns 200 when everything is loaded.
 
-While it runs, changed FAISS index files are written every ``index_flush_interval_s`` and once more at shutdown.
+While it runs, changed FAISS index files are written every ``index_flush_interval_s`` and once more at shutdown;
+a read replica (``read_only``) writes none and follows the writer's files instead (:mod:`retriever.follower`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from retriever.config import Settings
 from retriever.embedder import Embedder
+from retriever.follower import Follower
 from retriever.metrics import ServiceMetrics
 from retriever.routes import router
 from retriever.serving import RetrieverService
@@ -49,14 +51,18 @@ def create_app(settings: Settings, *, embedders: dict[str, Embedder] | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(load())
-        flusher = asyncio.create_task(flush_now_and_then())
+        # A writer writes its changed index files now and then; a read replica follows the writer's files.
+        if settings.read_only:
+            background = asyncio.create_task(Follower(service).run(settings.reload_interval_s))
+        else:
+            background = asyncio.create_task(flush_now_and_then())
         app.state.loader = loader
         try:
             yield
         finally:
-            flusher.cancel()
+            background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+                await background
             await loader  # a load in progress finishes first: its thread cannot be interrupted
             await service.close()
 

@@ -104,8 +104,17 @@ class _Doc:
 
 
 class Collection:
-    def __init__(self, folder: Path, store: CollectionStore, config: CollectionConfig, policy: IndexPolicy) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        store: CollectionStore,
+        config: CollectionConfig,
+        policy: IndexPolicy,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.folder = folder
+        self.read_only = read_only  # a read replica's copy: never writes its index file (the writer does)
         self.config = config
         self.name = config.name
         self._store = store
@@ -145,12 +154,15 @@ class Collection:
         return collection
 
     @classmethod
-    def open(cls, folder: Path, policy: IndexPolicy) -> Collection:
-        """Raises ``ValueError`` when the folder holds no readable collection."""
-        store = CollectionStore.open(folder / DB_FILE)
+    def open(cls, folder: Path, policy: IndexPolicy, *, read_only: bool = False) -> Collection:
+        """Raises ``ValueError`` when the folder holds no readable collection. ``read_only``: a read replica's
+        copy of a collection another process writes (a read-only connection, no index file written; the
+        documents and the vectors are read in one transaction, so they are of one commit)."""
+        store = CollectionStore.open(folder / DB_FILE, read_only=read_only)
         try:
-            collection = cls(folder, store, store.config(), policy)
-            collection._index = collection._load_index()
+            with store.snapshot():
+                collection = cls(folder, store, store.config(), policy, read_only=read_only)
+                collection._index = collection._load_index()
         except BaseException:
             store.close()
             raise
@@ -195,6 +207,8 @@ class Collection:
 
     def flush(self) -> bool:
         """Write the index file if the index changed since the last write; ``True`` when it wrote one."""
+        if self.read_only:
+            return False
         with self._flush_lock:
             with self._lock:
                 if not self._dirty or self._closed:
@@ -253,6 +267,15 @@ class Collection:
     def generation(self) -> int:
         return self._generation
 
+    def stored_generation(self) -> int:
+        """The generation the SQLite file holds now (another process may have written since this one read it)."""
+        with self._lock:
+            self._check_open()
+            return self._store.generation()
+
+    def index_file_exists(self, generation: int) -> bool:
+        return self._index_path(generation).is_file()
+
     def search(
         self, query: np.ndarray, top_k: int, clauses: list[Clause] | None = None, score_threshold: float | None = None
     ) -> list[Hit]:
@@ -269,10 +292,12 @@ class Collection:
             found = self._index.search(query, top_k, allowed)
             rows = self._store.hits([chunk_id for chunk_id, _ in found])
         found.sort(key=lambda pair: (-pair[1], pair[0]))
+        # A read replica's copy may name chunks its writer has deleted since the copy was read (the rows come
+        # from the live file): they are left out until the next reload drops them from the index.
         return [
             Hit(score=score, **rows[chunk_id])
             for chunk_id, score in found
-            if score_threshold is None or score >= score_threshold
+            if chunk_id in rows and (score_threshold is None or score >= score_threshold)
         ]
 
     # -- writing -------------------------------------------------------------------------------------------------

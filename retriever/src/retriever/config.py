@@ -98,6 +98,19 @@ class Settings(BaseSettings):
         "RETRIEVER_DATA_DIR/onnx/; a question embeds in about half of torch's time, same vectors to 1e-5); false, or a "
         "model that cannot be exported, runs them in torch.",
     )
+    read_only: bool = Field(
+        False,
+        description="A read replica: serves searches, embeddings and listings from the collections that one "
+        "writer (a retriever with this false) keeps in the same RETRIEVER_DATA_DIR, follows the writer's "
+        "changes every RETRIEVER_RELOAD_INTERVAL_S, and refuses writes with 405. Readers and the writer must "
+        "share one host's file system (SQLite's WAL).",
+    )
+    reload_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Read replicas: seconds between checks of the data folder for the writer's changes (a "
+        "commit is searchable on a reader within about this long).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("embedders")

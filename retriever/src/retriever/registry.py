@@ -25,26 +25,38 @@ logger = logging.getLogger(__name__)
 
 
 class Registry:
-    def __init__(self, data_dir: Path, policy: IndexPolicy) -> None:
+    def __init__(self, data_dir: Path, policy: IndexPolicy, *, read_only: bool = False) -> None:
         self.data_dir = data_dir
         self.policy = policy
+        self.read_only = read_only  # a read replica: opens the writer's collections, changes no file
         self.collections: dict[str, Collection] = {}
 
+    def folders(self) -> dict[str, Path]:
+        """The collection folders on disk now, by name (hidden ones, being created or deleted, left out)."""
+        if not self.data_dir.is_dir():
+            return {}
+        return {
+            folder.name: folder
+            for folder in sorted(self.data_dir.iterdir())
+            if not folder.name.startswith(".")
+            and folder.is_dir()
+            and COLLECTION_NAME.match(folder.name)
+            and (folder / DB_FILE).exists()
+        }
+
     def open_all(self) -> dict[str, str]:
-        """Open every collection in the data folder (creating the folder if needed). Returns the ones that
-        could not be opened, with the reason; the others are ready."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        errors: dict[str, str] = {}
-        for folder in sorted(self.data_dir.iterdir()):
-            if folder.name.startswith("."):
-                if folder.is_dir():
+        """Open every collection in the data folder (the writer creates the folder if needed, and removes
+        leftovers of crashes). Returns the ones that could not be opened, with the reason; the others are ready."""
+        if not self.read_only:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            for folder in sorted(self.data_dir.iterdir()):
+                if folder.name.startswith(".") and folder.is_dir():
                     logger.info("removing a leftover folder", extra={"folder": str(folder)})
                     shutil.rmtree(folder, ignore_errors=True)
-                continue
-            if not folder.is_dir() or not COLLECTION_NAME.match(folder.name) or not (folder / DB_FILE).exists():
-                continue
+        errors: dict[str, str] = {}
+        for folder in self.folders().values():
             try:
-                collection = Collection.open(folder, self.policy)
+                collection = Collection.open(folder, self.policy, read_only=self.read_only)
             except Exception as exc:
                 logger.exception("cannot open collection", extra={"collection": folder.name})
                 errors[folder.name] = str(exc) or type(exc).__name__

@@ -1,12 +1,13 @@
 """HTTP routes of the retriever: parse, call :class:`~retriever.serving.RetrieverService`, shape the response.
 
 Errors come back in OpenAI's envelope (``chat_common.errors``): 400 bad input (nothing is changed), 404 unknown
-collection, document or embedder, 409 a collection that exists with other settings, 413 too much at once, 503
-while loading.
+collection, document or embedder, 405 a write sent to a read replica, 409 a collection that exists with other
+settings, 413 too much at once, 503 while loading.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, File, Request, Response, UploadFile
@@ -46,8 +47,28 @@ def _collection_name(name: str) -> str:
     return name
 
 
+def _writable(allow: str) -> Callable[[Request], None]:
+    """A dependency of the write routes: a read replica answers 405 (``allow``: the methods it takes there)."""
+
+    def check(request: Request) -> None:
+        if _service(request).settings.read_only:
+            raise APIError(
+                405,
+                "This retriever is a read replica (RETRIEVER_READ_ONLY=true): it serves searches, embeddings "
+                "and listings only. Send collection and document changes to the writer (the 'retriever' "
+                "service, RETRIEVER_READ_ONLY=false, same data folder); readers see them within "
+                "RETRIEVER_RELOAD_INTERVAL_S.",
+                code="read_only_replica",
+                headers={"Allow": allow},
+            )
+
+    return check
+
+
 Service = Annotated[RetrieverService, Depends(_service)]
 Name = Annotated[str, Depends(_collection_name)]
+_COLLECTION_WRITE = [Depends(_writable("GET"))]  # /v1/collections/{name}: GET stays
+_WRITE = [Depends(_writable(""))]  # paths a reader takes no method on
 
 
 @router.get("/v1/collections")
@@ -55,7 +76,12 @@ async def list_collections(service: Service) -> CollectionList:
     return CollectionList(data=service.list_collections())
 
 
-@router.put("/v1/collections/{name}", status_code=201, responses={200: {"model": CollectionInfo}})
+@router.put(
+    "/v1/collections/{name}",
+    status_code=201,
+    responses={200: {"model": CollectionInfo}},
+    dependencies=_COLLECTION_WRITE,
+)
 async def put_collection(
     name: Name, service: Service, response: Response, body: Annotated[CollectionSettings | None, Body()] = None
 ) -> CollectionInfo:
@@ -69,17 +95,17 @@ async def get_collection(name: Name, service: Service) -> CollectionInfo:
     return service.get_collection(name)
 
 
-@router.delete("/v1/collections/{name}")
+@router.delete("/v1/collections/{name}", dependencies=_COLLECTION_WRITE)
 async def delete_collection(name: Name, service: Service) -> DeletedCollection:
     return await service.delete_collection(name)
 
 
-@router.post("/v1/collections/{name}/documents")
+@router.post("/v1/collections/{name}/documents", dependencies=_WRITE)
 async def upsert_documents(name: Name, body: UpsertRequest, service: Service) -> UpsertResult:
     return await service.upsert(name, body.documents)
 
 
-@router.delete("/v1/collections/{name}/documents/{doc_id:path}")
+@router.delete("/v1/collections/{name}/documents/{doc_id:path}", dependencies=_WRITE)
 async def delete_document(name: Name, doc_id: str, service: Service) -> DeletedDocument:
     return await service.delete_document(name, doc_id)
 
@@ -101,7 +127,7 @@ async def _read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     return data
 
 
-@router.post("/v1/collections/{name}/import")
+@router.post("/v1/collections/{name}/import", dependencies=_WRITE)
 async def import_seed(
     name: Name,
     service: Service,
@@ -157,7 +183,12 @@ async def ready(service: Service) -> dict[str, object]:
         )
     if not service.loaded:
         raise APIError(503, "loading the embedders and collections", code="loading", headers={"Retry-After": "2"})
-    return {"status": "ready", "embedders": sorted(service.embedders), "collections": service.registry.names()}
+    return {
+        "status": "ready",
+        "role": "reader" if service.settings.read_only else "writer",
+        "embedders": sorted(service.embedders),
+        "collections": service.registry.names(),
+    }
 
 
 @router.get("/metrics")

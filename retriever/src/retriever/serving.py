@@ -73,7 +73,7 @@ class RetrieverService:
         )
         self.embedders: dict[str, Embedder] = dict(embedders or {})
         self.worker = EmbeddingWorker(settings.encode_batch_size, on_batch=self._count_batch)
-        self.registry = Registry(settings.data_dir, self.policy)
+        self.registry = Registry(settings.data_dir, self.policy, read_only=settings.read_only)
         self.loaded = False
         self.load_errors: dict[str, str] = {}
         self._writers: dict[str, asyncio.Lock] = {}

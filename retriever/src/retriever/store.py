@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,7 +95,13 @@ class CollectionStore:
         self.path = path
 
     @classmethod
-    def _connect(cls, path: Path) -> sqlite3.Connection:
+    def _connect(cls, path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+        if read_only:
+            # A read replica's connection: SQLite refuses any write on it. It reads the writer's WAL (same
+            # host: the -shm file is shared memory), so each read transaction sees the latest commit.
+            return sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -120,11 +127,12 @@ class CollectionStore:
         return cls(db, path)
 
     @classmethod
-    def open(cls, path: Path) -> CollectionStore:
-        """Raises ``ValueError`` for a file that is not a collection of a known schema version."""
+    def open(cls, path: Path, *, read_only: bool = False) -> CollectionStore:
+        """Raises ``ValueError`` for a file that is not a collection of a known schema version. ``read_only``:
+        a connection that cannot write (a read replica's)."""
         if not path.is_file():
             raise ValueError(f"{path} does not exist")
-        db = cls._connect(path)
+        db = cls._connect(path, read_only=read_only)
         try:
             version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -134,6 +142,15 @@ class CollectionStore:
             db.close()
             raise ValueError(f"{path} has schema version {version and version[0]}, expected {SCHEMA_VERSION}")
         return cls(db, path)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: everything read inside it (generation, documents, vectors) is of one commit."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     def config(self) -> CollectionConfig:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()

@@ -17,12 +17,14 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
 from chat_common.errors import APIError, validation_message
 from chat_common.requests import chat_request, json_object
 from gateway.answer import count_chat, model_answer
 from gateway.auth import allow_model
+from gateway.limits import admit_chat
 from gateway.profile_filter import ProfileFilter
 from gateway.profiles import Profile, Profiles
 from gateway.proxy import EventStream, Proxy
@@ -81,18 +83,23 @@ async def chat(request: Request) -> Response:
     messages.append({"role": "user", "content": ask.user_prompt})
     body = profile.apply({"messages": messages, "stream": False})
     chat_req = chat_request(body)
+    admission = await admit_chat(request.app.state, request.scope, chat_req.model, body["messages"])
     proxy: Proxy = request.app.state.proxy
-    response = await model_answer(
-        proxy, chat_req, orjson.dumps(body), [ProfileFilter(profile, profile.id, proxy.metrics)]
-    )
+    profile_filter = ProfileFilter(profile, profile.id, proxy.metrics)
+    body = profile_filter.request(body, proxy.registry)
+    response = await model_answer(proxy, chat_req, orjson.dumps(body), [profile_filter], admission)
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
     if response.status_code != 200:
+        response.background = BackgroundTask(admission.finish)
         return response
     message = orjson.loads(response.body)["choices"][0]["message"]
-    return JSONResponse(
+    answer = JSONResponse(
         {
             "cern_response": (message.get("content") or "").strip(),
             "thought_process": (message.get("reasoning_content") or "").strip(),
-        }
+        },
+        background=BackgroundTask(admission.finish),  # the token charge corrected once the answer is sent
     )
+    answer.raw_headers.extend(admission.headers)
+    return answer

@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from chat_common.errors import APIError
+from gateway.answer import metered
 from gateway.auth import allow_model
 from gateway.credentials import mask_credentials
+from gateway.limits import admit_chat
 from gateway.proxy import Proxy
 from gateway.retrieval import RetrievalSpec, RetrieverClient, RetrieverUnavailable, with_passages
 
@@ -41,11 +43,12 @@ class SupportQuery(BaseModel):
 
 
 class SupportError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def _now() -> str:
@@ -53,7 +56,9 @@ def _now() -> str:
 
 
 def _error(exc: SupportError) -> Response:
-    return JSONResponse({"error": exc.error, "detail": exc.detail, "timestamp": _now()}, status_code=exc.status)
+    return JSONResponse(
+        {"error": exc.error, "detail": exc.detail, "timestamp": _now()}, status_code=exc.status, headers=exc.headers
+    )
 
 
 def _parse(body: bytes) -> SupportQuery:
@@ -105,6 +110,11 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     if retriever is None:
         raise SupportError(503, "Service Unavailable", "No retriever is configured (GATEWAY_RETRIEVER_URL).")
     query = mask_credentials(ask.query)
+    try:  # the route's model's rate limits, before any work
+        admission = await admit_chat(request.app.state, request.scope, settings.rag_model, [{"content": query}])
+    except APIError as exc:
+        title = "Too Many Requests" if exc.status_code == 429 else "Service Unavailable"
+        raise SupportError(exc.status_code, title, exc.message, exc.headers) from exc
     spec = RetrievalSpec(collection=settings.rag_collection, top_k=ask.top_k)
     try:
         hits = await retriever.search(spec, query)
@@ -133,12 +143,15 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     try:
         response = await proxy.call_model(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:
+        await admission.finish()  # no answer: the token estimate is given back
         raise SupportError(
             503 if exc.status_code in (404, 503) else 500,
             "Service Unavailable" if exc.status_code in (404, 503) else "Internal Server Error",
             exc.message,
         ) from exc
     assert isinstance(response, Response)
+    metered(admission, response)
+    await admission.finish()  # the tokens used, counted against the limits
     payload = orjson.loads(response.body)
     if response.status_code != 200:
         message = (payload.get("error") or {}).get("message", "the model failed")

