@@ -57,9 +57,13 @@ class Samples:
         }
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: bytes, samples: Samples) -> None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, samples: Samples, headers: dict[str, str] | None = None
+) -> None:
     started = time.perf_counter()
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+    async with session.post(
+        url, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as response:
         first = await response.content.readany()
         samples.ttfb.append(time.perf_counter() - started)
         rest = await response.read()
@@ -68,21 +72,23 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, samples: S
     samples.latency.append(time.perf_counter() - started)
 
 
-async def run_load(base: str, *, stream: bool, concurrency: int, requests: int) -> Samples:
+async def run_load(
+    base: str, *, stream: bool, concurrency: int, requests: int, headers: dict[str, str] | None = None
+) -> Samples:
     url = f"{base}/v1/chat/completions"
     body = json.dumps({**BODY, "stream": stream}, separators=(",", ":")).encode()
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     samples = Samples()
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(concurrency):  # warm the connections
-            await _one(session, url, body, Samples())
+            await _one(session, url, body, Samples(), headers)
         remaining = requests
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                await _one(session, url, body, samples)
+                await _one(session, url, body, samples, headers)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -4,6 +4,7 @@ route, the streaming chat routes included, before any model is asked; Redis down
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -15,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api_keys import ApiKey, KeyStore, digest
 from gateway.app import Gateway
-from gateway.auth import OPEN_PATHS, Authentication
+from gateway.auth import OPEN_PATHS, Authentication, KeyCache
 from gateway.chat import CHAT_PATHS
 from gateway.config import Settings
 from scripts.local_redis import LocalRedis
@@ -32,7 +33,8 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[KeyStore]:
 
 
 def _auth(redis_url: str, redis_prefix: str, **extra: object) -> dict[str, object]:
-    return {"auth": "on", "redis_url": redis_url, "redis_prefix": redis_prefix, **extra}
+    """Auth on, without the per-process key cache unless ``extra`` sets one (Redis answers every check)."""
+    return {"auth": "on", "redis_url": redis_url, "redis_prefix": redis_prefix, "auth_cache_s": 0, **extra}
 
 
 def _bearer(secret: str) -> dict[str, str]:
@@ -211,3 +213,37 @@ async def test_redis_holds_the_sha256_of_a_secret_never_the_secret(
     await redis.aclose()
     assert secret.encode() not in dumped
     assert digest(secret).encode() in dumped
+
+
+async def test_with_the_key_cache_a_revoked_key_is_refused_once_its_entry_ends(
+    redis_url: str, redis_prefix: str, store: KeyStore
+) -> None:
+    key, secret = await store.create("cached")
+    replica = model_replica()
+    settings = _auth(redis_url, redis_prefix, auth_cache_s=0.5)
+    async with running(replica), gateway({"inference-gguf": [replica.url]}, **settings) as client:
+        first = await client.get("/v1/models", headers=_bearer(secret))
+        await store.revoke(key.id)
+        cached = await client.get("/v1/models", headers=_bearer(secret))  # within the 0.5 s entry
+        await asyncio.sleep(0.6)
+        after = await client.get("/v1/models", headers=_bearer(secret))
+    assert (first.status_code, cached.status_code, after.status_code) == (200, 200, 401)
+
+
+def test_the_key_cache_keeps_known_keys_for_its_ttl_only() -> None:
+    now = [100.0]
+    cache = KeyCache(2.0, max_entries=2, clock=lambda: now[0])
+    key = ApiKey("key-1", "a")
+    cache.put("d1", key)
+    assert cache.get("d1") == key and cache.get("d2") is None
+    now[0] = 101.9
+    assert cache.get("d1") == key
+    now[0] = 102.0
+    assert cache.get("d1") is None  # ended: Redis is asked again
+    cache.put("d1", key)
+    cache.put("d2", key)
+    cache.put("d3", key)  # full: starts over
+    assert cache.get("d1") is None and cache.get("d3") == key
+    off = KeyCache(0)
+    off.put("d1", key)
+    assert off.get("d1") is None

@@ -41,7 +41,7 @@ async def test_create_use_list_revoke_round_trip(redis_url: str, redis_prefix: s
     assert key.expires_at is not None and abs(key.expires_at - (time.time() + 30 * 86400)) < 120
 
     replica = model_replica()
-    settings = {"auth": "on", "redis_url": redis_url, "redis_prefix": redis_prefix}
+    settings = {"auth": "on", "redis_url": redis_url, "redis_prefix": redis_prefix, "auth_cache_s": 0}
     async with running(replica), gateway({"inference-gguf": [replica.url]}, **settings) as client:
         used = await client.post("/v1/chat/completions", content=chat(), headers={"Authorization": f"Bearer {secret}"})
         listed = _keys(redis_url, redis_prefix, "list")

@@ -129,11 +129,15 @@ class KeyStore:
 
     async def lookup(self, secret: str) -> ApiKey | None:
         """The key whose secret this is (expired ones included: the caller decides), or None."""
+        return await self.lookup_digest(digest(secret))
+
+    async def lookup_digest(self, secret_digest: str) -> ApiKey | None:
+        """:meth:`lookup` by the SHA-256 of the secret."""
         if self.fast is not None:
-            flat = await self.fast.call("HGETALL", self._record + digest(secret))
+            flat = await self.fast.call("HGETALL", self._record + secret_digest)
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
         else:
-            fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + digest(secret)))
+            fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._record + secret_digest))
         return _key(fields) if fields.get(b"id") else None
 
     async def create(

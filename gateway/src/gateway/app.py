@@ -19,7 +19,7 @@ from chat_common.errors import install_error_handlers
 from chat_common.middleware import RequestContextMiddleware
 from gateway.answer import AnswerFilter
 from gateway.api_keys import ApiKey, KeyStore
-from gateway.auth import Authentication
+from gateway.auth import Authentication, KeyCache
 from gateway.cache import ResponseCache
 from gateway.chat import ChatRoutes
 from gateway.compat import ROUTERS as COMPAT_ROUTERS
@@ -172,7 +172,7 @@ async def _warn_about_auth(settings: Settings, keys: KeyStore | None) -> None:
         return
     if count == 0:
         logger.warning(
-            "auth: on, but Redis holds NO API KEY: every request but /health, /ready and /metrics is refused "
+            "auth: on, but Redis holds NO API KEY: every request but the probes and the docs is refused "
             "with 401. Create one with `GATEWAY_REDIS_URL=... python -m gateway keys create NAME` (it prints the "
             "secret once), or set GATEWAY_AUTH=off on a trusted network."
         )
@@ -200,7 +200,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.api = create_app(settings)
         routes = ChatRoutes(self.api, state=self.api.state)
-        admission = Authentication(routes, state=self.api.state, enabled=settings.auth_enabled)
+        admission = Authentication(
+            routes, state=self.api.state, enabled=settings.auth_enabled, cache=KeyCache(settings.auth_cache_s)
+        )
         self._stack = RequestContextMiddleware(with_cors(admission, settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

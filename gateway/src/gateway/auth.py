@@ -6,7 +6,8 @@ metrics probes, and the API documentation, so Swagger UI can load before a key i
 ``Authorization: Bearer sk-...`` or ``x-api-key: sk-...``. The key's record (:class:`ApiKey`) is put in
 ``scope["state"]["api_key"]`` (``request.state.api_key`` in FastAPI routes); None when auth is off or
 the path is open. Refusals are OpenAI's envelope: 401 missing, wrong or expired key, 503 when Redis
-cannot be asked (a request is never let through unchecked).
+cannot be asked (a request is never let through unchecked). A verified key is kept in the process for
+``GATEWAY_AUTH_CACHE_S`` (:class:`KeyCache`), so a revoked key is refused within that time.
 
 The allow-list needs the model a request names, which only its route knows: routes call
 :func:`allow_model` once they do (the chat hot path after parsing the body).
@@ -15,16 +16,18 @@ The allow-list needs the model a request names, which only its route knows: rout
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chat_common.errors import APIError, error_response
-from gateway.api_keys import ApiKey, KeyStore
+from gateway.api_keys import ApiKey, KeyStore, digest
 from gateway.redis_state import REDIS_ERRORS
 
-__all__ = ["OPEN_PATHS", "Authentication", "allow_model", "api_key_of"]
+__all__ = ["OPEN_PATHS", "Authentication", "KeyCache", "allow_model", "api_key_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,37 @@ def secret_of(headers: list[tuple[bytes, bytes]]) -> str | None:
     return fallback
 
 
+class KeyCache:
+    """Verified keys by the SHA-256 of their secret, each kept ``ttl_s`` seconds (then Redis is asked again).
+
+    Only keys Redis knows are kept (an unknown secret always reaches Redis, so a new key works at once); a
+    revoked key is refused within ``ttl_s``. At most ``max_entries``: when full it starts over, which costs
+    a Redis call per key, never a wrong answer. ``ttl_s`` 0 keeps nothing.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, ApiKey]] = {}
+
+    def get(self, secret_digest: str) -> ApiKey | None:
+        entry = self._entries.get(secret_digest)
+        if entry is None:
+            return None
+        if self.clock() >= entry[0]:
+            del self._entries[secret_digest]
+            return None
+        return entry[1]
+
+    def put(self, secret_digest: str, key: ApiKey) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[secret_digest] = (self.clock() + self.ttl_s, key)
+
+
 def _unauthorized(message: str, code: str) -> APIError:
     return APIError(401, message, code=code, headers=_CHALLENGE)
 
@@ -81,10 +115,11 @@ class Authentication:
     set by the lifespan, so it is read per request.
     """
 
-    def __init__(self, app: ASGIApp, *, state: State, enabled: bool) -> None:
+    def __init__(self, app: ASGIApp, *, state: State, enabled: bool, cache: KeyCache | None = None) -> None:
         self.app = app
         self.state = state
         self.enabled = enabled
+        self.cache = cache or KeyCache(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,14 +147,19 @@ class Authentication:
                 "operator creates keys with `python -m gateway keys create NAME`.",
                 "missing_api_key",
             )
-        store: KeyStore | None = getattr(self.state, "api_keys", None)
-        if store is None:  # the lifespan has not run or there is no Redis: never let the request through
-            raise _unavailable("no Redis is configured")
-        try:
-            key = await store.lookup(secret)
-        except REDIS_ERRORS as exc:
-            logger.warning("auth: Redis cannot be asked for an API key: %s", exc)
-            raise _unavailable(str(exc) or type(exc).__name__) from None
+        secret_digest = digest(secret)
+        key = self.cache.get(secret_digest)
+        if key is None:
+            store: KeyStore | None = getattr(self.state, "api_keys", None)
+            if store is None:  # the lifespan has not run or there is no Redis: never let the request through
+                raise _unavailable("no Redis is configured")
+            try:
+                key = await store.lookup_digest(secret_digest)
+            except REDIS_ERRORS as exc:
+                logger.warning("auth: Redis cannot be asked for an API key: %s", exc)
+                raise _unavailable(str(exc) or type(exc).__name__) from None
+            if key is not None:
+                self.cache.put(secret_digest, key)
         if key is None:
             raise _unauthorized(
                 f"Incorrect API key provided: {_hint(secret)}. Check the key, or ask the operator for one "

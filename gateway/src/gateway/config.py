@@ -197,6 +197,13 @@ class Settings(BaseSettings):
         "GATEWAY_HOST (127.0.0.1, ::1, localhost) without GATEWAY_API_KEYS_FILE, on otherwise. On needs "
         "GATEWAY_REDIS_URL.",
     )
+    auth_cache_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds a verified key is kept in each gateway process before Redis is asked again: a "
+        "revoked key is refused within this time. 0: every request asks Redis.",
+    )
     api_keys_file: Path | None = Field(
         None,
         description="YAML file of API keys (name, sha256 or secret, models, rpm, tpm, expires) put into Redis "
