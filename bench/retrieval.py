@@ -1,5 +1,6 @@
 """Retrieval benchmarks of the retriever service (port 8003), each one against the real service started as a
 subprocess on a free port with a temporary ``RETRIEVER_DATA_DIR`` and default settings, driven over HTTP.
+(One script of three modes sharing the service harness and the report format, hence its length.)
 
     .venv/bin/python bench/retrieval.py quality [--top-k 20]
     .venv/bin/python bench/retrieval.py scale [--chunks 100000] [--queries 600] [--ef 64,128,256,512]

@@ -16,6 +16,10 @@ state after the SQLite generation it names. On open, a missing file, a file of a
 does not match the stored chunks is replaced by an index rebuilt from the stored vectors, so results after a
 restart are the same as before it. An HNSW index's tombstones are not stored: they are the ids in the index file
 that the SQLite file no longer has.
+
+Size: about 470 lines, over the project's ~400, because the class is one lock's worth of state: what it guards
+(documents in memory, the SQLite connection, the FAISS index, the generation) is read and written together, and
+the lock's rules above hold only while they stay in one place.
 """
 
 from __future__ import annotations
