@@ -156,3 +156,23 @@ def test_full_queue_is_refused(engine: LlamaEngine) -> None:
         if isinstance(event, Finished):
             reasons.append(event.finish_reason)
     assert reasons == ["cancelled", "cancelled"]
+
+
+def test_a_stop_sequence_completed_by_the_flushed_utf8_tail_is_cut(engine: LlamaEngine) -> None:
+    """At the token limit, the bytes of a character split across tokens flush as U+FFFD. That tail goes
+    through the stop scanner like any other text: a client never sees a stop sequence."""
+    pieces = engine._pieces  # the model's own token bytes
+    hi, lead_byte = pieces.index(b"Hi"), pieces.index(b"\xe2")  # "Hi", then the first byte of a 3-byte character
+    events: list[EngineEvent] = []
+    seq = Sequence([hi], greedy(2, stop=("\ufffd",)), events.append)
+    state = engine._new_state(seq, 2)
+    assert state.accept(hi) is False
+    assert state.accept(lead_byte) is True
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
+    assert state.finish_reason == "stop"  # the stop sequence was reached, in the tail
+    # Without the stop sequence the same tail is the answer's end, and the limit its reason.
+    events.clear()
+    state = engine._new_state(Sequence([hi], greedy(2), events.append), 2)
+    state.accept(hi), state.accept(lead_byte)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi", "\ufffd"]
+    assert state.finish_reason == "length"
