@@ -18,24 +18,9 @@ import pytest
 from chat_common.bundled import bundled_gguf_path
 from chat_common.generation import EngineBusy, EngineEvent, Finished, SamplingParams, Sequence, TextDelta
 from inference_gguf.engine import LlamaEngine
+from tests.engines import Observer
 from tests.llama_reference import RECORDED, llama_cpp_answers
 from tests.sampling import greedy
-
-
-class _Observer:
-    def __init__(self) -> None:
-        self.generated = 0
-
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def running(self, model: str, count: int) -> None: ...
-    def failed(self, model: str) -> None: ...
-    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
-
-    def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None: ...
-    def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
-
-    def tokens(self, model: str, count: int) -> None:
-        self.generated += count
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def engine() -> Iterator[LlamaEngine]:
         n_gpu_layers=0,
         flash_attn=True,
         max_queue=1,
-        observer=_Observer(),
+        observer=Observer(),
         n_slots=1,  # one sequence at a time: the queue and cancel tests below need a single slot
     )
     engine.load()
