@@ -1,5 +1,7 @@
-"""The transformers engine: with :mod:`inference_hf.prepare` (the offline GGUF converter), the only code
-of the service that imports torch, transformers and bitsandbytes.
+"""The transformers engine: the only package of the service that imports torch and transformers at import
+time and runs models (bitsandbytes through transformers' ``BitsAndBytesConfig``). Elsewhere they are imported
+only inside functions: by :mod:`inference_hf.prepare` (the GGUF converter) and ``__main__`` (routing
+transformers' logs).
 
 Continuous batching with one KV cache per batch. Each model keeps a running batch: a ``DynamicCache``
 whose rows are right-aligned (left-padded) with a 2-D attention mask and explicit per-row
