@@ -7,11 +7,9 @@ this engine answering each request alone; counters come from the engine itself (
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -20,20 +18,11 @@ from chat_common.errors import APIError
 from chat_common.generation import EngineEvent, Finished, SamplingParams, Sequence, TextDelta
 from inference_gguf.engine import LlamaEngine
 from inference_gguf.structured import GrammarSequence, grammar_for
+from tests.engines import Collector, Observer
 from tests.llama_reference import RECORDED, llama_cpp_answers
 from tests.sampling import greedy
 
 SLOTS = 4
-
-
-class _Observer:
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def running(self, model: str, count: int) -> None: ...
-    def tokens(self, model: str, count: int) -> None: ...
-    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
-    def failed(self, model: str) -> None: ...
-    def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None: ...
-    def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def engine() -> Iterator[LlamaEngine]:
         n_gpu_layers=0,
         flash_attn=True,
         max_queue=8,
-        observer=_Observer(),
+        observer=Observer(),
         n_slots=SLOTS,
     )
     engine.load()
@@ -57,24 +46,9 @@ def engine() -> Iterator[LlamaEngine]:
     engine.close()
 
 
-@dataclass
-class _Run:
-    events: queue.Queue[EngineEvent] = field(default_factory=queue.Queue)
-
-    def result(self) -> tuple[str, Finished]:
-        text = []
-        while True:
-            event = self.events.get(timeout=120)
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-            else:
-                assert isinstance(event, Finished), event
-                return "".join(text), event
-
-
-def _submit(engine: LlamaEngine, tokens: list[int], params: SamplingParams) -> _Run:
-    run = _Run()
-    engine.submit(Sequence(tokens, params, run.events.put))
+def _submit(engine: LlamaEngine, tokens: list[int], params: SamplingParams) -> Collector:
+    run = Collector()
+    engine.submit(Sequence(tokens, params, run))
     return run
 
 
@@ -172,7 +146,7 @@ def test_a_long_prompt_is_spread_over_steps_while_others_generate(engine: LlamaE
         n_gpu_layers=0,
         flash_attn=True,
         max_queue=8,
-        observer=_Observer(),
+        observer=Observer(),
         n_slots=2,
     )
     small.load()
@@ -181,7 +155,7 @@ def test_a_long_prompt_is_spread_over_steps_while_others_generate(engine: LlamaE
         long = _prompt(small, f"{notes} Which floor has the meeting room of note 12?")
         short = _prompt(small, "Count from one to twenty.")
         assert len(long) > 5 * 64
-        generating = _Run()
+        generating = Collector()
         first_token = threading.Event()
 
         def sink(event: EngineEvent) -> None:
@@ -275,8 +249,8 @@ def test_response_format_constrains_only_its_own_sequence(engine: LlamaEngine) -
     assert schema_grammar and object_grammar and engine.grammar_compiles(schema_grammar)
     runs = []
     for grammar in (schema_grammar, object_grammar):
-        run = _Run()
-        engine.submit(GrammarSequence(question, greedy(200), run.events.put, grammar=grammar))
+        run = Collector()
+        engine.submit(GrammarSequence(question, greedy(200), run, grammar=grammar))
         runs.append(run)
     free = _submit(engine, question, greedy(48))
     (by_schema, f1), (as_object, f2), free_together = runs[0].result(), runs[1].result(), free.result()
@@ -304,14 +278,10 @@ def test_unusable_response_formats_are_a_400(response_format: object) -> None:
     assert grammar_for({"type": "text"}) is None and grammar_for(None) is None
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("llama_cpp")
 def test_all_layers_on_the_gpu_batch_alike() -> None:
-    """On a CUDA build of llama-cpp-python with a GPU: every layer offloaded, batched answers equal single
-    ones. Skipped here (no GPU on this machine; the CPU wheel cannot offload)."""
-    import llama_cpp
-
-    if not llama_cpp.llama_supports_gpu_offload():
-        pytest.skip("llama-cpp-python was built without GPU support")
+    """On a GPU build of llama-cpp-python: every layer offloaded, batched answers equal single ones.
+    Skipped where llama.cpp cannot offload (tests/conftest.py asks llama_supports_gpu_offload())."""
     path = bundled_gguf_path()
     assert path is not None
     gpu = LlamaEngine(
@@ -323,7 +293,7 @@ def test_all_layers_on_the_gpu_batch_alike() -> None:
         n_gpu_layers=-1,
         flash_attn=True,
         max_queue=8,
-        observer=_Observer(),
+        observer=Observer(),
         n_slots=SLOTS,
     )
     gpu.load()

@@ -18,24 +18,9 @@ import pytest
 from chat_common.bundled import bundled_gguf_path
 from chat_common.generation import EngineBusy, EngineEvent, Finished, SamplingParams, Sequence, TextDelta
 from inference_gguf.engine import LlamaEngine
+from tests.engines import Observer
 from tests.llama_reference import RECORDED, llama_cpp_answers
 from tests.sampling import greedy
-
-
-class _Observer:
-    def __init__(self) -> None:
-        self.generated = 0
-
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def running(self, model: str, count: int) -> None: ...
-    def failed(self, model: str) -> None: ...
-    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
-
-    def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None: ...
-    def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
-
-    def tokens(self, model: str, count: int) -> None:
-        self.generated += count
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def engine() -> Iterator[LlamaEngine]:
         n_gpu_layers=0,
         flash_attn=True,
         max_queue=1,
-        observer=_Observer(),
+        observer=Observer(),
         n_slots=1,  # one sequence at a time: the queue and cancel tests below need a single slot
     )
     engine.load()
@@ -156,3 +141,23 @@ def test_full_queue_is_refused(engine: LlamaEngine) -> None:
         if isinstance(event, Finished):
             reasons.append(event.finish_reason)
     assert reasons == ["cancelled", "cancelled"]
+
+
+def test_a_stop_sequence_completed_by_the_flushed_utf8_tail_is_cut(engine: LlamaEngine) -> None:
+    """At the token limit, the bytes of a character split across tokens flush as U+FFFD. That tail goes
+    through the stop scanner like any other text: a client never sees a stop sequence."""
+    pieces = engine._pieces  # the model's own token bytes
+    hi, lead_byte = pieces.index(b"Hi"), pieces.index(b"\xe2")  # "Hi", then the first byte of a 3-byte character
+    events: list[EngineEvent] = []
+    seq = Sequence([hi], greedy(2, stop=("\ufffd",)), events.append)
+    state = engine._new_state(seq, 2)
+    assert state.accept(hi) is False
+    assert state.accept(lead_byte) is True
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
+    assert state.finish_reason == "stop"  # the stop sequence was reached, in the tail
+    # Without the stop sequence the same tail is the answer's end, and the limit its reason.
+    events.clear()
+    state = engine._new_state(Sequence([hi], greedy(2), events.append), 2)
+    state.accept(hi), state.accept(lead_byte)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi", "\ufffd"]
+    assert state.finish_reason == "length"

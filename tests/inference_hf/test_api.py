@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from chat_common.generation import Sequence
+from tests.engines import Collector
 from tests.inference_hf.conftest import Service
-from tests.inference_hf.test_engine import Collector
 from tests.sampling import greedy
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]

@@ -8,44 +8,15 @@ the engine's counters say what was shared.
 from __future__ import annotations
 
 import queue
-import threading
 
 import pytest
+import torch
 
 from chat_common.generation import EngineBusy, EngineEvent, Failed, Finished, SamplingParams, Sequence, TextDelta
-from inference_hf.engine import EngineStats
+from inference_hf.engine import EngineStats, TokenSampler
+from tests.engines import Collector
 from tests.inference_hf.conftest import Service
 from tests.sampling import greedy
-
-
-class Collector:
-    """A sink; with ``hold`` it blocks the worker on the first text until ``release()``."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.events: queue.Queue[EngineEvent] = queue.Queue()
-        self.reached = threading.Event()
-        self._go = threading.Event()
-        if not hold:
-            self._go.set()
-
-    def __call__(self, event: EngineEvent) -> None:
-        if isinstance(event, TextDelta) and not self.reached.is_set():
-            self.reached.set()
-            assert self._go.wait(60)
-        self.events.put(event)
-
-    def release(self) -> None:
-        self._go.set()
-
-    def result(self) -> tuple[str, Finished]:
-        parts = []
-        while True:
-            event = self.events.get(timeout=120)
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
-                assert isinstance(event, Finished), event
-                return "".join(parts), event
 
 
 def _tokens(service: Service, model: str, text: str) -> list[int]:
@@ -186,18 +157,104 @@ def test_full_queue_is_refused(service: Service) -> None:
         assert isinstance(sink.result()[1], Finished)
 
 
-def test_a_failing_step_fails_its_sequences_not_the_worker(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+class _FailingSampler(TokenSampler):
+    """The real sampler, but its draw raises, or returns a token id the model cannot take."""
+
+    def __init__(self, seq: Sequence, device: torch.device, *, token: int | None = None) -> None:
+        super().__init__(seq, device)
+        self._token = token
+
+    def sample(self, logits: torch.Tensor) -> int:
+        if self._token is None:
+            raise RuntimeError("sampler exploded")
+        return self._token
+
+
+def _sampler_failing_for(
+    service: Service, monkeypatch: pytest.MonkeyPatch, victim: set[int], token: int | None = None
+) -> None:
+    """Sequences whose id is in ``victim`` get a failing sampler (through the scheduler's sampler seam)."""
+
+    def new_sampler(seq: Sequence, device: torch.device) -> TokenSampler:
+        if id(seq) in victim:
+            return _FailingSampler(seq, device, token=token)
+        return TokenSampler(seq, device)
+
+    monkeypatch.setattr(service.engine.scheduler, "new_sampler", new_sampler)
+
+
+def test_a_failing_sampler_fails_its_sequence_not_the_worker(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     _ensure(service, "bart-templated")
-    import inference_hf.engine as engine_module
-
-    def broken(*args: object, **kwargs: object) -> int:
-        raise RuntimeError("sampler exploded")
-
-    monkeypatch.setattr(engine_module, "sample_token", broken)
     events: queue.Queue[EngineEvent] = queue.Queue()
     tokens = _tokens(service, "bart-templated", "hi")
-    service.engine.submit("bart-templated", Sequence(tokens, greedy(3, temperature=0.5), events.put))
+    seq = Sequence(tokens, greedy(3, temperature=0.5), events.put)
+    _sampler_failing_for(service, monkeypatch, {id(seq)})
+    service.engine.submit("bart-templated", seq)
     event = events.get(timeout=60)
     assert isinstance(event, Failed) and "sampler exploded" in event.message
     monkeypatch.undo()
     assert _run(service, "bart-templated", tokens, greedy(2, ignore_eos=True))[1].completion_tokens == 2
+
+
+def _beside_a_victim(
+    service: Service, monkeypatch: pytest.MonkeyPatch, victim_tokens: list[int], token: int | None = None
+) -> tuple[tuple[str, Failed | Finished], tuple[str, Finished], tuple[str, Finished]]:
+    """A healthy sequence and a victim admitted in the same step (a held blocker makes them arrive
+    together) and decoded in one batch: (the victim's outcome, the healthy one's answer, its answer alone)."""
+    healthy_tokens = _tokens(service, "smol", "List the primary colors.")
+    params = greedy(8, ignore_eos=True)
+    alone = _run(service, "smol", healthy_tokens, params)
+    blocker = Collector(hold=True)
+    service.engine.submit("smol", Sequence(_tokens(service, "smol", "Hi"), greedy(3, ignore_eos=True), blocker))
+    assert blocker.reached.wait(60)
+    victim, healthy = Collector(), Collector()
+    victim_seq = Sequence(victim_tokens, params, victim)
+    _sampler_failing_for(service, monkeypatch, {id(victim_seq)}, token)
+    service.engine.submit("smol", victim_seq)
+    service.engine.submit("smol", Sequence(healthy_tokens, params, healthy))
+    blocker.release()
+    assert blocker.result()[1].completion_tokens == 3  # the blocker went on too
+    return victim.outcome(), healthy.result(), alone
+
+
+def test_a_sequence_whose_sampling_raises_fails_alone(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = service.engine.stats("smol")
+    (_, failed), together, alone = _beside_a_victim(service, monkeypatch, _tokens(service, "smol", "Tell me a joke."))
+    assert isinstance(failed, Failed) and "sampler exploded" in failed.message
+    assert together == alone
+    after = service.engine.stats("smol")
+    assert after.failed - before.failed == 1 and after.prefill_passes - before.prefill_passes == 3
+
+
+def test_a_token_the_model_cannot_take_fails_its_sequence_alone(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = _tokens(service, "smol", "Tell me a joke.")
+    outside = 10**6  # no SmolLM2 token has this id (its vocabulary has 49,152)
+    (_, failed), together, alone = _beside_a_victim(service, monkeypatch, prompt, token=outside)
+    assert isinstance(failed, Failed) and str(outside) in failed.message
+    assert together == alone
+
+
+def test_a_prompt_with_an_unknown_token_id_is_refused_and_its_batch_mates_go_on(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = [*_tokens(service, "smol", "Tell me a joke."), 10**6]
+    before = service.engine.stats("smol")
+    (text, failed), together, alone = _beside_a_victim(service, monkeypatch, bad)
+    assert isinstance(failed, Failed) and "vocabulary" in failed.message and text == ""
+    assert together == alone
+    after = service.engine.stats("smol")
+    assert after.prefill_passes - before.prefill_passes == 3  # alone, the blocker, the healthy one: no pass for it
+
+
+def test_a_sequence_finished_by_its_first_token_leaves_a_running_one_alone(service: Service) -> None:
+    engine = service.engine
+    running = Collector(hold=True)
+    engine.submit("smol", Sequence(_tokens(service, "smol", "Count to ten."), greedy(6, ignore_eos=True), running))
+    assert running.reached.wait(60)
+    short = Collector()
+    engine.submit("smol", Sequence(_tokens(service, "smol", "Hi"), greedy(1), short))
+    running.release()
+    assert short.result()[1].completion_tokens == 1
+    assert running.result()[1].completion_tokens == 6

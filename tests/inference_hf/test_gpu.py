@@ -1,7 +1,7 @@
 """CUDA paths: bitsandbytes NF4 on a GPU, the memory saver it is meant to be there.
 
-Skipped on machines without a CUDA GPU (tests/conftest.py checks for nvidia-smi); the CPU tests cover
-the same code with the device set to cpu.
+Skipped where torch sees no CUDA GPU (tests/conftest.py asks torch.cuda.is_available(): a CPU-only torch
+on a GPU machine skips too); the CPU tests cover the same code with the device set to cpu.
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import pytest
 from chat_common.generation import EngineEvent, Finished, Sequence, TextDelta
 from inference_hf.catalog import Bnb4bit, ModelSpec
 from inference_hf.engine import HFEngine
+from tests.engines import Observer
 from tests.sampling import greedy
 
 
-class _Quiet:
-    def __getattr__(self, name: str) -> object:
-        return lambda *args, **kwargs: None
-
-
-@pytest.mark.gpu
+@pytest.mark.gpu("torch")
 def test_cuda_nf4_loads_on_the_gpu_and_answers(prepared: Path) -> None:
     import torch
 
-    engine = HFEngine(max_queue=4, observer=_Quiet())  # type: ignore[arg-type]
+    engine = HFEngine(max_queue=4, observer=Observer())
     engine.start()
     try:
         full = engine.load(

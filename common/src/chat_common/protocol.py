@@ -1,8 +1,9 @@
 """OpenAI chat-completions wire protocol, defined once for every Switchboard service.
 
 Requests accept fields this module does not know (clients keep adding new ones); they are kept in
-``model_extra`` and ignored by the services, with a debug log. Fields marked *extension* are not part of
-OpenAI's API but are accepted by llama.cpp's and vLLM's servers under the same names.
+``model_extra`` and ignored by the services, with a debug log. The request fields after the
+``# Extensions`` comment (``top_k``, ``min_p``, ``repeat_penalty``, ``ignore_eos``) are not part of OpenAI's
+API but are accepted by llama.cpp's and vLLM's servers under the same names.
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """One entry of ``GET /v1/models``. ``context_length`` and ``ready`` are Switchboard additions."""
+    """One entry of ``GET /v1/models``. ``context_length`` is a Switchboard addition, and a card takes extra
+    fields of its service's own: ``loaded`` (inference-gguf, retriever), ``state`` (inference-hf: loaded,
+    device, quantization, memory...)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -6,44 +6,33 @@ sequences, each slot with a KV cache of the whole context that it keeps for prom
 the engine :class:`Sequence` objects through a bounded queue (full: :class:`EngineBusy`, a 429) and gets
 :data:`EngineEvent` values back through each sequence's ``sink`` callback (called on the worker thread).
 
-:class:`SequenceState` does everything that happens *after* a token is sampled (detokenize, stop
-sequences, limits, cancellation), one per running sequence.
+What happens *after* a token is sampled (detokenize, stop sequences, limits, cancellation) is
+:class:`chat_common.sequence.SequenceState`, shared with inference-hf; this engine gives it the model's
+token pieces (:class:`chat_common.sequence.ByteDecoder`) and end-of-generation test.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from chat_common.generation import (
-    EngineBusy,
-    Failed,
-    Finished,
-    FinishReason,
-    Sequence,
-    StopScanner,
-    TemplateError,
-    TextDelta,
-)
+from chat_common.generation import EngineBusy, Failed, Sequence, TemplateError
+from chat_common.sequence import ByteDecoder, SequenceState
 from inference_gguf.sampling import grammar_compiles
 from inference_gguf.scheduler import SHUTDOWN, BatchObserver, EngineStats, Scheduler
 
-__all__ = ["EngineObserver", "LlamaEngine", "SequenceState", "default_slots"]
+__all__ = ["LlamaEngine", "default_slots"]
 
 logger = logging.getLogger(__name__)
-
-EngineObserver = BatchObserver
 
 _backend_ready = threading.Lock()
 _backend_initialised = False
@@ -56,55 +45,6 @@ def default_slots(n_ctx: int) -> int:
     """Slots when the setting is 0. Every slot has a KV cache of the whole context, so the default keeps
     their sum near 32,768 tokens: 4 slots for the bundled model's 8,192, 8 at most, 1 at least."""
     return max(1, min(8, KV_BUDGET_TOKENS // max(n_ctx, 1)))
-
-
-class SequenceState:
-    """Everything that happens to a sequence after a token is sampled."""
-
-    def __init__(
-        self, seq: Sequence, *, detokenize: Callable[[int], bytes], is_eog: Callable[[int], bool], limit: int
-    ) -> None:
-        self.seq = seq
-        self._detokenize = detokenize
-        self._is_eog = is_eog
-        self._limit = limit
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = StopScanner(seq.params.stop)
-        self.completion_tokens = 0
-        self.finish_reason: FinishReason | None = None
-
-    def accept(self, token: int) -> bool:
-        """Take one sampled token; emit its text; return True when the sequence is finished."""
-        if self.seq.cancelled:
-            return self.end("cancelled")
-        self.completion_tokens += 1  # the end-of-generation token too: it was decoded (as llama-server counts)
-        eog = self._is_eog(token)
-        if eog and not self.seq.params.ignore_eos:
-            return self.end("stop", flush=True)
-        if not eog:
-            text = self._utf8.decode(self._detokenize(token))
-            if text:
-                out, stopped = self._stops.feed(text)
-                if out:
-                    self.seq.sink(TextDelta(out))
-                if stopped:  # the stop sequence and anything after it are not part of the answer
-                    return self.end("stop")
-        if self.completion_tokens >= self._limit:
-            return self.end("length", flush=True)
-        return False
-
-    def end(self, reason: FinishReason, *, flush: bool = False) -> bool:
-        """Mark the sequence finished; with ``flush``, emit text held back for a possible stop sequence."""
-        self.finish_reason = reason
-        if flush:
-            tail = self._stops.flush() + self._utf8.decode(b"", final=True)
-            if tail:
-                self.seq.sink(TextDelta(tail))
-        return True
-
-    def finished_event(self) -> Finished:
-        assert self.finish_reason is not None
-        return Finished(self.finish_reason, len(self.seq.prompt_tokens), self.completion_tokens)
 
 
 class LlamaEngine:
@@ -121,7 +61,7 @@ class LlamaEngine:
         n_gpu_layers: int,
         flash_attn: bool,
         max_queue: int,
-        observer: EngineObserver,
+        observer: BatchObserver,
         n_slots: int = 0,
         cpu_repack: bool = False,
         verbose: bool = False,
@@ -295,7 +235,7 @@ class LlamaEngine:
         return grammar_compiles(self._model.vocab, grammar)
 
     def _new_state(self, seq: Sequence, limit: int) -> SequenceState:
-        return SequenceState(seq, detokenize=self._pieces.__getitem__, is_eog=self._is_eog, limit=limit)
+        return SequenceState(seq, decoder=ByteDecoder(self._pieces), is_eos=self._is_eog, limit=limit)
 
     # -- requests ----------------------------------------------------------------------------------
     def submit(self, seq: Sequence) -> None:

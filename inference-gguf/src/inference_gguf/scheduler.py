@@ -9,7 +9,7 @@ Each step:
    admitted ones, up to ``n_batch`` tokens in all; a prompt longer than that is spread over several steps
    while the others keep generating;
 4. one ``llama_decode``; then every sequence whose logits came out samples its next token with its own
-   sampler (argmax rows in numpy) and hands it to its :class:`~inference_gguf.engine.SequenceState`.
+   sampler (argmax rows in numpy) and hands it to its :class:`~chat_common.sequence.SequenceState`.
 
 Sequences join and leave between steps. Nothing here blocks except waiting for work when no slot is busy.
 """
@@ -21,17 +21,15 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from chat_common.generation import Failed, Finished, FinishReason, Sequence
+from chat_common.sequence import EngineObserver, SequenceState
 from inference_gguf.batch import TokenBatch
 from inference_gguf.sampling import SequenceSampler
 from inference_gguf.slots import Slot, pick_slot
-
-if TYPE_CHECKING:
-    from inference_gguf.engine import SequenceState
 
 __all__ = ["SHUTDOWN", "BatchObserver", "EngineStats", "Scheduler"]
 
@@ -40,14 +38,9 @@ logger = logging.getLogger(__name__)
 SHUTDOWN: Any = object()
 
 
-class BatchObserver(Protocol):
-    """The engine's counters (the service turns them into Prometheus metrics)."""
+class BatchObserver(EngineObserver, Protocol):
+    """The counters every engine reports, plus continuous batching and prompt-cache reuse."""
 
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def running(self, model: str, count: int) -> None: ...
-    def tokens(self, model: str, count: int) -> None: ...
-    def finished(self, model: str, event: Finished, first_token_s: float | None) -> None: ...
-    def failed(self, model: str) -> None: ...
     def step(self, model: str, sequences: int, tokens: int, decode_s: float, step_s: float) -> None: ...
     def prompt(self, model: str, reused: int, evaluated: int) -> None: ...
 
@@ -158,7 +151,7 @@ class Scheduler:
         limit = max(0, min(seq.params.max_tokens, self._n_ctx - len(prompt)))
         state = self._new_state(seq, limit)
         if limit == 0 or not prompt:
-            state.end("length")
+            state.finish("length")
             seq.sink(state.finished_event())
             return True
         reuse = min(common, len(prompt) - 1)  # at least one token is evaluated: its logits start the answer
@@ -216,7 +209,6 @@ class Scheduler:
         stats.decode_s += decode_s
 
         generated = 0
-        now = time.perf_counter()
         for slot, index in outputs:
             state, sampler = slot.state, slot.sampler
             assert state is not None and sampler is not None
@@ -225,8 +217,6 @@ class Scheduler:
                 token = int(row.argmax())
             else:
                 token = sampler.sample(self._ctx, index)
-            if slot.first_token_s is None:
-                slot.first_token_s = now - slot.started
             counted = state.completion_tokens
             done = state.accept(token)
             generated += state.completion_tokens - counted
@@ -244,7 +234,7 @@ class Scheduler:
         state = slot.state
         assert state is not None
         if reason is not None:
-            state.end(reason)
+            state.finish(reason)
         event = state.finished_event()
         logger.info(
             "generation finished",
@@ -254,10 +244,10 @@ class Scheduler:
                 "finish_reason": event.finish_reason,
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
-                "duration_ms": round((time.perf_counter() - slot.started) * 1000, 1),
+                "duration_ms": round((time.perf_counter() - state.started) * 1000, 1),
             },
         )
-        self._observer.finished(self.model_id, event, slot.first_token_s)
+        self._observer.finished(self.model_id, event, state.first_token_s)
         slot.release()
         self._observer.running(self.model_id, self.busy_slots())
         state.seq.sink(event)

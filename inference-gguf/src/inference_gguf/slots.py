@@ -12,14 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from chat_common.sequence import SequenceState
 from inference_gguf.sampling import SequenceSampler
-
-if TYPE_CHECKING:
-    from inference_gguf.engine import SequenceState
 
 __all__ = ["Slot", "common_prefix", "pick_slot"]
 
@@ -34,8 +31,7 @@ class Slot:
     sampler: SequenceSampler | None = None
     todo: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next_token: int | None = None  # sampled, not yet decoded
-    started: float = 0.0
-    first_token_s: float | None = None
+    started: float = 0.0  # when it was assigned: prompts are evaluated oldest first
 
     @property
     def busy(self) -> bool:
@@ -49,8 +45,7 @@ class Slot:
         self.state, self.sampler = state, sampler
         self.todo = list(prompt[reuse:])
         self.next_token = None
-        self.started = time.perf_counter()
-        self.first_token_s = None
+        self.started = state.started
 
     def release(self) -> None:
         """The sequence is over; the cache stays for the next request."""

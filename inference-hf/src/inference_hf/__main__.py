@@ -14,7 +14,7 @@ from inference_hf.config import Settings
 
 def main() -> None:
     if sys.argv[1:2] == ["prepare"]:
-        from inference_hf.prepare import main as prepare
+        from inference_hf.cli import main as prepare
 
         raise SystemExit(prepare(sys.argv[2:]))
     if sys.argv[1:]:

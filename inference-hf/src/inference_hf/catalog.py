@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "Bnb4bit",
     "CatalogError",
     "ModelSpec",
+    "declared_context_length",
     "default_specs",
     "gguf_sources",
     "load_catalog",
@@ -158,6 +160,19 @@ def gguf_sources(specs: list[ModelSpec]) -> list[Path]:
     return found
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def declared_context_length(lookup: Callable[[str], object]) -> int | None:
+    """The max positions a model config declares, under whichever name its architecture uses; ``lookup``
+    reads one config field (``config.json``'s dict, or a loaded config's attributes)."""
+    for key in _CONTEXT_KEYS:
+        value = lookup(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def local_context_length(location: str) -> int | None:
     """The max positions a local model directory's config.json declares (no transformers import)."""
     config = Path(location) / "config.json"
@@ -165,8 +180,4 @@ def local_context_length(location: str) -> int | None:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = data.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return declared_context_length(data.get) if isinstance(data, dict) else None
