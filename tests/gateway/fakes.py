@@ -178,3 +178,37 @@ def ask(question: str, **extra: object) -> bytes:
 def dead_url() -> str:
     """A local address where nothing listens: connections to it are refused."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+async def serve_to_a_client_that_leaves(app: Any, body: bytes, *, after_pieces: int = 2) -> list[bytes]:
+    """POST ``body`` to ``app``'s chat route over raw ASGI, as a client that disconnects once ``after_pieces``
+    body pieces reached it; the pieces it received. (Call inside the app's lifespan.)"""
+    sent: list[dict[str, Any]] = []
+    enough = asyncio.Event()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await enough.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len([m for m in sent if m.get("body")]) == after_pieces:
+            enough.set()
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("gateway", 80),
+        "client": ("t", 1),
+        "root_path": "",
+    }
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return [m["body"] for m in sent if m.get("body")]

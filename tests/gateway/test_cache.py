@@ -4,10 +4,8 @@ cached for sampled requests, errors, interrupted streams or sessions."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +14,16 @@ from redis.asyncio import Redis
 from gateway.app import Gateway
 from gateway.config import Settings
 from scripts.local_redis import LocalRedis
-from tests.gateway.fakes import Reply, chat, chunk, completion, model_replica, running, sse
+from tests.gateway.fakes import (
+    Reply,
+    chat,
+    chunk,
+    completion,
+    model_replica,
+    running,
+    serve_to_a_client_that_leaves,
+    sse,
+)
 from tests.gateway.private_redis import app_on_redis, asgi_post, bearer, create_key, gateway_on_redis
 from tests.services import Service
 
@@ -102,25 +109,9 @@ async def test_a_stream_the_client_left_is_not_cached(redis_client: Redis, redis
     replica = model_replica().on("/v1/chat/completions", lambda r: sse([chunk("One"), chunk(" two")], end="hang"))
     settings = Settings(services={"g": [replica.url]}, redis_url=redis_url, redis_prefix=redis_prefix)
     app = Gateway(settings)
-    sent: list[dict[str, Any]] = []
-    two_pieces = asyncio.Event()
-    incoming = [{"type": "http.request", "body": chat(stream=True, seed=1, cache=True), "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if incoming:
-            return incoming.pop()
-        await two_pieces.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if len([m for m in sent if m.get("body")]) == 2:
-            two_pieces.set()
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
     async with running(replica), app.api.router.lifespan_context(app.api):
-        await asyncio.wait_for(app(scope, receive, send), 10)
-    assert [m["body"] for m in sent if m.get("body")] == [chunk("One"), chunk(" two")]
+        pieces = await serve_to_a_client_that_leaves(app, chat(stream=True, seed=1, cache=True))
+    assert pieces == [chunk("One"), chunk(" two")]
     assert await redis_client.keys(f"{redis_prefix}*") == []
 
 

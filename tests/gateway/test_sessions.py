@@ -3,7 +3,6 @@ real history service on SQLite, started as a subprocess."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -12,7 +11,17 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import Settings
-from tests.gateway.fakes import Replica, chat, chunk, dead_url, gateway, model_replica, running, sse
+from tests.gateway.fakes import (
+    Replica,
+    chat,
+    chunk,
+    dead_url,
+    gateway,
+    model_replica,
+    running,
+    serve_to_a_client_that_leaves,
+    sse,
+)
 from tests.services import Service
 
 
@@ -92,35 +101,8 @@ async def test_a_client_that_leaves_mid_stream_has_what_it_was_sent_stored_as_in
         "/v1/chat/completions", lambda r: sse([chunk("One"), chunk(" two")], end="hang")
     )
     app = Gateway(Settings(services={"inference-gguf": [replica.url]}, history_url=history.url))
-    sent: list[dict[str, Any]] = []
-    two_pieces = asyncio.Event()
-    incoming = [{"type": "http.request", "body": chat(stream=True, session_id="s-gone"), "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if incoming:
-            return incoming.pop()
-        await two_pieces.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if len([m for m in sent if m.get("body")]) == 2:
-            two_pieces.set()
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "headers": [],
-        "query_string": b"",
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("gateway", 80),
-        "client": ("t", 1),
-        "root_path": "",
-    }
     async with running(replica), app.api.router.lifespan_context(app.api):
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        await serve_to_a_client_that_leaves(app, chat(stream=True, session_id="s-gone"))
         metrics = (
             await httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g").get("/metrics")
         ).text
