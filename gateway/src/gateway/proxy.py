@@ -118,35 +118,28 @@ class Proxy:
                 self.registry.mark_unreachable(replica, describe_error(exc))
                 replica = self._next(model, tried)
                 continue
-            except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:  # after an answer was asked for: retried once
                 release()
-                self.metrics.upstream_failures.labels(replica.service, "timeout").inc()
+                timed_out = isinstance(exc, TimeoutError)  # aiohttp's socket timeouts are TimeoutErrors too
+                self.metrics.upstream_failures.labels(replica.service, "timeout" if timed_out else "protocol").inc()
                 replica.breaker.failure()
+                what = f"no answer within {self.read_timeout_s:g}s" if timed_out else describe_error(exc)
                 following = self._next(model, tried) if retries else None
                 if following is not None:
                     retries -= 1
-                    failures.append(f"{replica.url}: no answer within {self.read_timeout_s:g}s")
+                    failures.append(f"{replica.url}: {what}")
                     replica = following
                     continue
+                if timed_out:
+                    raise APIError(
+                        503,
+                        f"The service '{replica.service}' ({replica.url}) did not answer within "
+                        f"{self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S).",
+                        code="upstream_timeout",
+                    ) from exc
                 raise APIError(
                     503,
-                    f"The service '{replica.service}' ({replica.url}) did not answer within "
-                    f"{self.read_timeout_s:g}s (GATEWAY_READ_TIMEOUT_S).",
-                    code="upstream_timeout",
-                ) from exc
-            except aiohttp.ClientError as exc:
-                release()
-                self.metrics.upstream_failures.labels(replica.service, "protocol").inc()
-                replica.breaker.failure()
-                following = self._next(model, tried) if retries else None
-                if following is not None:
-                    retries -= 1
-                    failures.append(f"{replica.url}: {describe_error(exc)}")
-                    replica = following
-                    continue
-                raise APIError(
-                    503,
-                    f"The service '{replica.service}' ({replica.url}) failed: {describe_error(exc)}.",
+                    f"The service '{replica.service}' ({replica.url}) failed: {what}.",
                     code="upstream_error",
                 ) from exc
             except BaseException:
