@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -67,8 +68,28 @@ def server_binary() -> Path | None:
     return Path(found) if found else None
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free to listen on at 127.0.0.1, below the ephemeral range: between this check and the server's
+    bind, no outgoing connection can take it as its local port (a port from ``bind(0)`` can be taken so, which
+    made test runs with many connections fail now and then with 'address already in use')."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(min(10000, low // 2), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded machine: any free port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

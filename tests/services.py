@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from scripts.local_redis import free_port
+
+__all__ = ["ROOT", "Service", "free_port", "start_service"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,12 +26,6 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -163,10 +163,15 @@ async def test_redis_down_with_auth_on_is_503_never_a_pass(
         gateway({"inference-gguf": [replica.url]}, **_auth(server.url, redis_prefix)) as client,
     ):
         before = await client.post("/v1/chat/completions", content=chat(), headers=_bearer(secret))
+        ready_before = await client.get("/ready")
         server.stop()
         during = await client.post("/v1/chat/completions", content=chat(), headers=_bearer(secret))
         health = await client.get("/health")
+        ready = await client.get("/ready")
     assert before.status_code == 200
+    assert ready_before.json()["redis"] == "ok"
+    # readiness reports Redis, and stays 200: every replica shares it (taking all out would be a full outage)
+    assert ready.status_code == 200 and ready.json()["redis"].startswith("unreachable: ")
     assert during.status_code == 503, during.text
     assert during.json()["error"]["code"] == "auth_unavailable"
     assert "GATEWAY_REDIS_URL" in during.json()["error"]["message"]

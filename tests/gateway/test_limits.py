@@ -5,19 +5,24 @@ one of the test's own where it is killed, real API keys, the real gateway app, a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from chat_common.errors import APIError
+from gateway.api_keys import ApiKey
 from gateway.config import RateLimit, Settings
+from gateway.ledger import Ledger
 from gateway.limits import Limiter, reset_text
 from scripts.local_redis import LocalRedis
 from tests.gateway.fakes import Replica, Reply, chat, chunk, completion, model_replica, running, sse
 from tests.gateway.private_redis import bearer, create_key, gateway_on_redis
-from tests.services import Service
+from tests.services import Service, free_port, start_service
 
 STREAMED = [chunk("Hi"), chunk(finish="stop"), b"data: [DONE]\n\n"]
 HI_ESTIMATE = 9  # tokens.estimate_messages of one "hi" message: 2 bytes // 3 + 1, and 8 of framing
@@ -60,12 +65,13 @@ async def test_n_requests_pass_under_a_limit_of_n_and_the_next_is_429_with_opena
 
 async def test_concurrent_admissions_let_exactly_the_limit_through(redis_client: Redis, redis_prefix: str) -> None:
     limiter = Limiter({"m1": RateLimit(rpm=10)}, prefix=redis_prefix)
-    limits = limiter.limits(key_id="k", key_limit=None, client=None, model="m1")
+    limiter.ledger = Ledger(redis_client, None)  # through redis-py's client: the fallback for TLS
+    plan = limiter.plan(ApiKey("k", "test", None, None, None, None), None, "m1")
 
     async def one() -> bool:
         try:
-            await limiter.admit(redis_client, limits, 1)
-        except Exception:
+            await limiter.admit(plan, 1)
+        except APIError:
             return False
         return True
 
@@ -290,9 +296,9 @@ async def test_every_chat_route_is_limited(
     assert second.status_code == 429
     assert second.headers["retry-after"] == "60"
     assert len(replica.chat_requests()) == 1
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
     if route != "itsupport":  # that seed's own error shape carries the message as 'detail'
         assert second.json()["error"]["code"] == "rate_limit_exceeded"
-        assert first.headers["x-ratelimit-remaining-requests"] == "0"
     else:
         assert second.json()["error"] == "Too Many Requests"
 
@@ -326,3 +332,40 @@ async def test_a_cache_hit_counts_as_a_request_and_gives_its_tokens_back(redis_u
     # the hit's estimate was given back: only the miss's 50 real tokens and this request's estimate count
     assert after.headers["x-ratelimit-remaining-tokens"] == str(100 - 50 - HI_ESTIMATE)
     assert len(replica.chat_requests()) == 2
+
+
+async def test_three_gateway_processes_on_one_redis_enforce_one_limit_per_forwarded_client(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Three real ``python -m gateway`` processes (uvicorn, uvloop, the lean Redis connection) on one Redis,
+    asked concurrently: one limit per client address, where the address is the ``X-Forwarded-For`` of the
+    proxy the gateways trust (GATEWAY_FORWARDED_ALLOW_IPS, by default 127.0.0.1: here, the test)."""
+    replica = model_replica()
+    env = {
+        "GATEWAY_SERVICES": json.dumps({"inference-gguf": [replica.url]}),
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_RATE_LIMIT_ANONYMOUS": json.dumps({"rpm": 5}),
+    }
+
+    def start(index: int) -> Service:
+        port = free_port()
+        return start_service(f"gateway-{index}", ["-m", "gateway"], {**env, "GATEWAY_PORT": str(port)}, port, tmp_path)
+
+    async with running(replica):  # the replica answers on this loop while the gateways start in threads
+        gateways = await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(3)))
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def ask(index: int, address: str) -> int:
+                    url = f"{gateways[index % 3].url}/v1/chat/completions"
+                    response = await client.post(url, content=chat(), headers={"X-Forwarded-For": address})
+                    return response.status_code
+
+                one = await asyncio.gather(*(ask(i, "203.0.113.7") for i in range(8)))
+                other = await asyncio.gather(*(ask(i, "203.0.113.8") for i in range(5)))
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(g.stop) for g in gateways))
+    assert sorted(one) == [200] * 5 + [429] * 3
+    assert other == [200] * 5  # another client address: a budget of its own
+    assert len(replica.chat_requests()) == 10

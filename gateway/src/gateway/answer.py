@@ -85,7 +85,8 @@ def metered(admission: Admission, response: Response | EventStream, *, count_usa
     if admission.finished or not count_usage:
         return
     if isinstance(response, EventStream):
-        response.pieces = admission.metered(response.pieces)
+        admission.used = admission.estimate  # a stream that sends nothing used what its prompt did
+        response.meter = admission
     else:
         admission.meter_whole(response.status_code, bytes(response.body))
 

@@ -28,6 +28,7 @@ from gateway.cors import with_cors
 from gateway.discovery import AddressPool, make_resolver
 from gateway.history import HistoryClient
 from gateway.keys_file import load_keys_file, seed_keys
+from gateway.ledger import Ledger
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.model_admin import router as model_admin_router
@@ -60,10 +61,14 @@ def create_app(settings: Settings) -> FastAPI:
                 aiohttp.ClientSession(connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar())
             )
             app.state.redis = redis = await stack.enter_async_context(open_redis(settings))
-            # one lean pipelined connection for the hot path's calls: key lookups, limits, cache (gateway.resp)
+            # one lean pipelined connection for the hot path's calls: key lookups, limits, cache (gateway.resp),
+            # the limits' and the cache's calls batched on it (gateway.ledger)
             fast = fast_connection_for(redis) if redis is not None else None
-            if redis is not None:
-                app.state.limiter.use(redis, fast)
+            if fast is not None:
+                stack.callback(fast.close)
+            if redis is not None:  # at shutdown, queued corrections and answers go out before the connection closes
+                app.state.limiter.ledger = Ledger(redis, fast)
+                stack.push_async_callback(app.state.limiter.ledger.drain)
             app.state.api_keys = KeyStore(redis, settings.redis_prefix, fast=fast) if redis is not None else None
             if app.state.api_keys is not None and file_keys is not None:
                 try:
@@ -106,7 +111,6 @@ def create_app(settings: Settings) -> FastAPI:
                     with suppress(asyncio.CancelledError):
                         await task
                 await resolver.close()
-                app.state.limiter.close()
 
     # KeysFileError: the gateway does not start
     file_keys = load_keys_file(settings.api_keys_file) if settings.api_keys_file is not None else None

@@ -7,7 +7,9 @@ metrics probes, and the API documentation, so Swagger UI can load before a key i
 ``scope["state"]["api_key"]`` (``request.state.api_key`` in FastAPI routes); None when auth is off or
 the path is open. Refusals are OpenAI's envelope: 401 missing, wrong or expired key, 503 when Redis
 cannot be asked (a request is never let through unchecked). A verified key is kept in the process for
-``GATEWAY_AUTH_CACHE_S`` (:class:`KeyCache`), so a revoked key is refused within that time.
+``GATEWAY_AUTH_CACHE_S`` (:class:`KeyCache`), so a revoked key is refused within that time. The process
+remembers it by the credential header as the client sent it: a client's next request costs a dictionary
+lookup, no parsing and no hashing (in this process's memory only; Redis holds nothing but SHA-256 digests).
 
 The allow-list needs the model a request names, which only its route knows: routes call
 :func:`allow_model` once they do (the chat hot path after parsing the body).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from starlette.datastructures import State
@@ -27,7 +29,7 @@ from chat_common.errors import APIError, error_response
 from gateway.api_keys import ApiKey, KeyStore, digest
 from gateway.redis_state import REDIS_ERRORS
 
-__all__ = ["OPEN_PATHS", "Authentication", "KeyCache", "allow_model", "api_key_of"]
+__all__ = ["OPEN_PATHS", "Authentication", "KeyCache", "allow_model", "api_key_of", "credentials", "secret_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +62,30 @@ def allow_model(scope: Scope, model: str) -> None:
     )
 
 
-def secret_of(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The key a request sends: ``Authorization: Bearer <key>``, else ``x-api-key: <key>``."""
-    fallback = None
+def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """A request's ``Authorization`` and ``x-api-key`` header values, as sent (None: absent)."""
+    authorization = api_key = None
     for name, value in headers:
         if name == _AUTHORIZATION:
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == _X_API_KEY and value.strip():
-            fallback = value.decode("latin-1").strip()
-    return fallback
+            authorization = value
+        elif name == _X_API_KEY:
+            api_key = value
+    return authorization, api_key
+
+
+def secret_of(authorization: bytes | None, api_key: bytes | None) -> str | None:
+    """The key a request sends: ``Authorization: Bearer <key>``, else ``x-api-key: <key>``."""
+    if authorization is not None:
+        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if api_key is not None and api_key.strip():
+        return api_key.decode("latin-1").strip()
+    return None
 
 
 class KeyCache:
-    """Verified keys by the SHA-256 of their secret, each kept ``ttl_s`` seconds (then Redis is asked again).
+    """Verified keys by the credential that named them, each kept ``ttl_s`` seconds (then Redis is asked again).
 
     Only keys Redis knows are kept (an unknown secret always reaches Redis, so a new key works at once); a
     revoked key is refused within ``ttl_s``. At most ``max_entries``: when full it starts over, which costs
@@ -85,23 +96,23 @@ class KeyCache:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: dict[str, tuple[float, ApiKey]] = {}
+        self._entries: dict[Hashable, tuple[float, ApiKey]] = {}
 
-    def get(self, secret_digest: str) -> ApiKey | None:
-        entry = self._entries.get(secret_digest)
+    def get(self, credential: Hashable) -> ApiKey | None:
+        entry = self._entries.get(credential)
         if entry is None:
             return None
         if self.clock() >= entry[0]:
-            del self._entries[secret_digest]
+            del self._entries[credential]
             return None
         return entry[1]
 
-    def put(self, secret_digest: str, key: ApiKey) -> None:
+    def put(self, credential: Hashable, key: ApiKey) -> None:
         if self.ttl_s <= 0:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[secret_digest] = (self.clock() + self.ttl_s, key)
+        self._entries[credential] = (self.clock() + self.ttl_s, key)
 
 
 def _unauthorized(message: str, code: str) -> APIError:
@@ -133,43 +144,44 @@ class Authentication:
             request_state["api_key"] = None
             await self.app(scope, receive, send)
             return
+        credential = credentials(scope["headers"])
+        key = self.cache.get(credential)
         try:
-            request_state["api_key"] = await self._verify(secret_of(scope["headers"]))
+            if key is None:
+                key = await self._verify(secret_of(*credential))
+                self.cache.put(credential, key)
+            if key.expired():
+                raise _unauthorized(
+                    f"The API key '{key.name}' ({key.id}) has expired. Ask the operator for a new one.",
+                    "expired_api_key",
+                )
         except APIError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        request_state["api_key"] = key
         await self.app(scope, receive, send)
 
     async def _verify(self, secret: str | None) -> ApiKey:
+        """The key whose secret this is, from Redis; :class:`APIError` 401 (missing, unknown) or 503."""
         if secret is None:
             raise _unauthorized(
                 "Missing API key. Send it as 'Authorization: Bearer sk-...' (or 'x-api-key: sk-...'); the "
                 "operator creates keys with `python -m gateway keys create NAME`.",
                 "missing_api_key",
             )
-        secret_digest = digest(secret)
-        key = self.cache.get(secret_digest)
-        if key is None:
-            store: KeyStore | None = getattr(self.state, "api_keys", None)
-            if store is None:  # the lifespan has not run or there is no Redis: never let the request through
-                raise _unavailable("no Redis is configured")
-            try:
-                key = await store.lookup_digest(secret_digest)
-            except REDIS_ERRORS as exc:
-                logger.warning("auth: Redis cannot be asked for an API key: %s", exc)
-                raise _unavailable(str(exc) or type(exc).__name__) from None
-            if key is not None:
-                self.cache.put(secret_digest, key)
+        store: KeyStore | None = getattr(self.state, "api_keys", None)
+        if store is None:  # the lifespan has not run or there is no Redis: never let the request through
+            raise _unavailable("no Redis is configured")
+        try:
+            key = await store.lookup_digest(digest(secret))
+        except REDIS_ERRORS as exc:
+            logger.warning("auth: Redis cannot be asked for an API key: %s", exc)
+            raise _unavailable(str(exc) or type(exc).__name__) from None
         if key is None:
             raise _unauthorized(
                 f"Incorrect API key provided: {_hint(secret)}. Check the key, or ask the operator for one "
                 "(`python -m gateway keys list` shows the existing ones).",
                 "invalid_api_key",
-            )
-        if key.expired():
-            raise _unauthorized(
-                f"The API key '{key.name}' ({key.id}) has expired. Ask the operator for a new one.",
-                "expired_api_key",
             )
         return key
 

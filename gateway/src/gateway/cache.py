@@ -6,18 +6,20 @@ its profile has ``cache: true`` (:mod:`gateway.profiles`). Only deterministic re
 the stored history, and must be stored) or retrieval (on the collection's passages of the moment) is
 never answered from the cache.
 
-The key is a hash of the normalised request: every field as the gateway validated it (defaults filled,
-numbers in one form, keys in sorted order, so ``{"temperature": 0}`` and ``{"temperature": 0.0,
+The key is a hash of the normalised request: every field the gateway validated, less defaults and nulls,
+numbers in one form, keys in sorted order (so ``{"temperature": 0}`` and ``{"temperature": 0.0,
 "stream": false}`` are one request), with the route, the name the answer is given under (a profile's)
 and the API key (answers are not shared between keys). ``user`` and ``cache`` do not count.
 
-The entry is read in the same Redis call that checks the rate limits, and written in the one that
-corrects the token charge after the answer (:class:`gateway.limits.Admission`): the cache costs no
-round trip of its own. A streamed answer is stored as the list of pieces relayed to the client and
-replayed piece by piece, the same bytes with the same boundaries, ``[DONE]`` last; a whole answer as
-its body. Only complete 200 answers are stored: never an error answer, a stream with an error event,
-or a stream the client left. Entries live ``GATEWAY_CACHE_TTL_S``; an answer larger than
-``GATEWAY_CACHE_MAX_ENTRY_BYTES`` is not stored (Redis's ``maxmemory`` policy bounds the whole).
+The entry is read in the same Redis call that checks the rate limits, and written with the token
+corrections after the answer (:class:`gateway.limits.Admission`, :mod:`gateway.ledger`): the cache costs
+no round trip of its own. A streamed answer is stored as the pieces relayed to the client and replayed
+piece by piece, the same bytes with the same boundaries, ``[DONE]`` last; a whole answer as its body
+(:mod:`gateway.cache_entry`). A client's next request finds the answer stored; another gateway replica
+finds it within a few milliseconds (:data:`gateway.ledger.SETTLE_DELAY_S`). Only complete 200 answers
+are stored: never an error answer, a stream with an error event, or a stream the client left. Entries
+live ``GATEWAY_CACHE_TTL_S``; an answer larger than ``GATEWAY_CACHE_MAX_ENTRY_BYTES`` is not stored
+(Redis's ``maxmemory`` policy bounds the whole).
 Answers say ``X-Switchboard-Cache: hit`` or ``miss`` (``unavailable`` when Redis could not be asked:
 the model answers, nothing is stored).
 """
@@ -32,17 +34,17 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Scope
 
-from chat_common import sse
 from chat_common.errors import APIError
 from chat_common.protocol import ChatCompletionRequest
+from gateway.cache_entry import Recording, decode, whole_entry
 from gateway.limits import UNAVAILABLE, Admission
 from gateway.proxy import EventStream
 
 __all__ = ["CACHE_HEADER", "ResponseCache", "subject_of", "wants_cache"]
 
 CACHE_HEADER = b"x-switchboard-cache"
-_IGNORED = ("user", "cache")  # fields that do not change the answer
-_ERROR_EVENT = b'data: {"error"'
+_IGNORED = frozenset({"user", "cache"})  # fields that do not change the answer
+_DEFAULTS = {name: f.default for name, f in ChatCompletionRequest.model_fields.items() if not f.is_required()}
 
 
 def wants_cache(data: dict[str, Any], headers: list[tuple[bytes, bytes]], profile_cache: bool) -> bool:
@@ -72,69 +74,60 @@ class ResponseCache:
         self.ttl_ms = int(ttl_s * 1000)
         self.max_entry_bytes = max_entry_bytes
         self.prefix = prefix
+        self._key_prefix = f"{prefix}cache:v2:".encode()  # v2: the entry format of gateway.cache_entry
 
-    def key(self, chat: ChatCompletionRequest, *, subject: str, route: str, answer_as: str | None) -> str | None:
-        """The cache key of a deterministic request; None for a sampled one (never cached)."""
+    def key(
+        self, chat: ChatCompletionRequest, data: dict[str, Any], *, subject: str, route: str, answer_as: str | None
+    ) -> bytes | None:
+        """The cache key of a deterministic request (``data``, the body that validated as ``chat``); None for
+        a sampled one (never cached).
+
+        Normalised without a second serialisation of the validated model (measured: it was the cache's
+        largest cost per request): the body's fields, less those at their default or null and the ones that
+        do not change the answer, a whole number in a float field written as a float (``chat`` says which
+        are floats), keys sorted at every level. Equal keys are equal requests: nothing but those
+        no-op differences is dropped."""
         if not (chat.temperature == 0 or chat.seed is not None):
             return None
-        request = {k: v for k, v in chat.model_dump(mode="json", exclude_none=True).items() if k not in _IGNORED}
+        request = {}
+        for name, value in data.items():
+            if value is None or name in _IGNORED or (name in _DEFAULTS and value == _DEFAULTS[name]):
+                continue
+            if type(value) is int and type(getattr(chat, name, None)) is float:
+                value = float(value)
+            request[name] = value
         canonical = orjson.dumps([subject, route, answer_as, request], option=orjson.OPT_SORT_KEYS)
-        return f"{self.prefix}cache:{hashlib.sha256(canonical).hexdigest()}"
+        return self._key_prefix + hashlib.sha256(canonical).hexdigest().encode()
 
     def replay(self, admission: Admission) -> Response | EventStream | None:
         """The entry the admission read, as a response marked ``hit``; None when there was none."""
         stored = admission.cached
         if stored is None or stored is UNAVAILABLE:
             return None
-        entry = orjson.loads(stored)  # bytes or str: whichever decode_responses the client has
-        if "whole" in entry:
-            response = Response(entry["whole"].encode(), media_type="application/json")
+        entry = decode(stored)
+        if entry is None:
+            return None
+        if isinstance(entry, bytes):
+            response = Response(entry, media_type="application/json")
             response.raw_headers.append((CACHE_HEADER, b"hit"))
             return response
-        stream = EventStream(_replayed([piece.encode() for piece in entry["stream"]]), on_close=_nothing)
+        stream = EventStream(_replayed(entry), on_close=_nothing)
         stream.headers = [*stream.headers, (CACHE_HEADER, b"hit")]
         return stream
 
-    def recording(self, admission: Admission, key: str, response: Response | EventStream) -> None:
+    def recording(self, admission: Admission, key: bytes, response: Response | EventStream) -> None:
         """Mark ``response`` a miss (``unavailable`` when Redis could not be asked) and, when it is a
-        complete 200 answer, hand it to the admission to store once sent: a stream as it is relayed."""
-        if admission.cached is UNAVAILABLE or admission.redis is None:
+        complete 200 answer, have the admission store it once sent: a stream as it is relayed."""
+        if admission.cached is UNAVAILABLE or admission.ledger is None:
             _mark(response, b"unavailable")
             return
         _mark(response, b"miss")
         if response.status_code != 200:
             return
         if isinstance(response, EventStream):
-            response.pieces = self._recorded(admission, key, response.pieces)
+            admission.recording = Recording(key, self.ttl_ms, self.max_entry_bytes)
         elif len(response.body) <= self.max_entry_bytes:
-            self._keep(admission, key, {"whole": bytes(response.body)})
-
-    async def _recorded(self, admission: Admission, key: str, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        kept: list[bytes] = []
-        size = 0
-        storable = True
-        last = b""
-        async for piece in pieces:
-            if storable:
-                size += len(piece)
-                if size > self.max_entry_bytes or _ERROR_EVENT in piece:
-                    storable, kept = False, []
-                else:
-                    kept.append(piece)
-            last = piece
-            yield piece
-        if storable and last.endswith(sse.DONE):  # complete: the client has had every piece
-            self._keep(admission, key, {"stream": kept})
-
-    def _keep(self, admission: Admission, key: str, entry: dict[str, bytes | list[bytes]]) -> None:
-        """Have the admission store ``entry`` as JSON text (answers are UTF-8: SSE events and JSON bodies;
-        one that is not is not stored), so a client with or without ``decode_responses`` reads it alike."""
-        try:
-            text = {k: v.decode() if isinstance(v, bytes) else [p.decode() for p in v] for k, v in entry.items()}
-        except UnicodeDecodeError:
-            return
-        admission.write = (key, orjson.dumps(text))
-        admission.write_ttl_ms = self.ttl_ms
+            admission.write = (key, whole_entry(bytes(response.body)), self.ttl_ms)
 
 
 def _mark(response: Response | EventStream, value: bytes) -> None:

@@ -119,7 +119,7 @@ class ChatRoutes:
                 )
             query = query_of(chat) if retrieval is not None else None
             cache_key = (
-                self.state.cache.key(chat, subject=subject_of(scope), route=scope["path"], answer_as=answer_as)
+                self.state.cache.key(chat, data, subject=subject_of(scope), route=scope["path"], answer_as=answer_as)
                 if wants and session is None and retrieval is None
                 else None
             )
@@ -155,7 +155,7 @@ class ChatRoutes:
         body: bytes,
         filters: list[AnswerFilter],
         admission: Admission,
-        cache_key: str | None,
+        cache_key: bytes | None,
         started: float,
     ) -> None:
         """Send the body upstream (the client's as it came, unless a profile rewrote it) and relay the
@@ -174,4 +174,4 @@ class ChatRoutes:
             await response(scope, receive, send)
             status = response.status_code
         count_chat(proxy, chat.model, status, gone(), started)
-        await admission.finish()  # the token charge corrected and the answer cached, in one call
+        admission.finish()  # the token correction and the answer to cache, queued for the ledger

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For and X-Forwarded-Proto the gateway believes: comma-separated "
+        "addresses or networks (10.0.0.0/8), '*' for any. The client address they give is what per-address "
+        "rate limits (GATEWAY_RATE_LIMIT_ANONYMOUS) count and the access log shows. Behind a load balancer or "
+        "an ingress, list its addresses; never '*' where clients can reach the gateway directly (they could "
+        "then pick their own address).",
+    )
     services: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "inference-gguf": ["http://127.0.0.1:8001"],

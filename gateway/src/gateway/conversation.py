@@ -111,7 +111,7 @@ class Conversation:
             status = response.status_code
         count_chat(self.proxy, self.chat.model, status, gone(), started)
         if self.admission is not None:
-            await self.admission.finish()  # the token charge corrected, once the answer has been sent
+            self.admission.finish()  # the token charge corrected, once the answer has been sent
         if gone():
             await self._store()  # what the client was sent before it left, marked interrupted
 

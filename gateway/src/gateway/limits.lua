@@ -1,63 +1,88 @@
--- Switchboard's rate limits (gateway/limits.py): GCRA over any number of limits, atomically.
--- KEYS: one per limit, then (optionally) one more: the cache entry to read (admit) or write (settle).
--- ARGV: mode ("admit" or "settle"), the number of limits n, then per limit: its limit a minute and its cost
--- (admit) or signed correction (settle); settle with the extra key: the value to write and its TTL in ms.
--- State per limit: its theoretical arrival time (TAT), in ms of Redis time. admit returns {allowed, per
--- limit: remaining, reset_ms, retry_ms, then the cache entry (nil when none)}; nothing is charged unless
--- every limit allows the request.
+-- Switchboard's rate limits and response cache (gateway/ledger.py, gateway/limits.py): all the Redis work of
+-- one turn of a gateway's event loop, in one atomic call.
+-- KEYS: every key the call touches (limit states and cache entries), each once.
+-- ARGV[1]: JSON [settlements, writes, plans, admissions]; ARGV[2..]: the values of the writes.
+--   settlement: [key, per_minute, units]: move a limit by a signed number of units (a token correction);
+--   write: [key, ttl_ms, argv]: SET KEYS[key] to ARGV[argv] for ttl_ms (a cache entry);
+--   plan: per limit key, per_minute, tokens (true: a request costs its tokens, false: 1): a set of limits;
+--   admission: [plan (0: none), tokens, cache key (0: none)]: charge one request.
+-- Keys are indexes into KEYS, plans into the plans. Settlements and writes come first: admissions see them.
+-- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, then the cache entry
+-- (false when none was asked for, the request was refused, or there is none)}. A request is charged only
+-- when every one of its limits allows it; the admissions are taken in order, each seeing the ones before.
+-- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window = 60000
-local mode = ARGV[1]
-local n = tonumber(ARGV[2])
-if mode == 'settle' then
-  for i = 1, n do
-    local interval = window / tonumber(ARGV[1 + 2 * i])
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    if tat < now then tat = now end
-    tat = tat + tonumber(ARGV[2 + 2 * i]) * interval
-    if tat > now then
-      redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
-    else
-      redis.call('DEL', KEYS[i])
+local call = cjson.decode(ARGV[1])
+local tat = {}
+local dirty = {}
+
+local function state(i)
+  local v = tat[i]
+  if v == nil then
+    v = tonumber(redis.call('GET', KEYS[i])) or now
+  end
+  if v < now then v = now end
+  return v
+end
+
+for _, s in ipairs(call[1]) do
+  tat[s[1]] = state(s[1]) + s[3] * window / s[2]
+  dirty[s[1]] = true
+end
+
+for _, w in ipairs(call[2]) do
+  redis.call('SET', KEYS[w[1]], ARGV[w[3]], 'PX', w[2])
+end
+
+local none = {}
+local out = {}
+for r, a in ipairs(call[4]) do
+  local plan = call[3][a[1]] or none
+  local n = #plan / 3
+  local row = {1}
+  local after = {}
+  for j = 1, n do
+    local i, per_minute = plan[3 * j - 2], plan[3 * j - 1]
+    local cost = 1
+    if plan[3 * j] then cost = a[2] end
+    local interval = window / per_minute
+    local v = state(i)
+    local next_tat = v + cost * interval
+    local ahead = next_tat
+    local retry = 0
+    if next_tat - now > window + 0.001 then
+      row[1] = 0
+      retry = math.ceil(next_tat - now - window)
+      ahead = v
+    end
+    after[j] = next_tat
+    local remaining = math.floor((window - (ahead - now)) / interval + 0.000001)
+    if remaining < 0 then remaining = 0 end
+    row[3 * j - 1] = remaining
+    row[3 * j] = math.ceil(ahead - now)
+    row[3 * j + 1] = retry
+  end
+  row[3 * n + 2] = false
+  if row[1] == 1 then
+    for j = 1, n do
+      tat[plan[3 * j - 2]] = after[j]
+      dirty[plan[3 * j - 2]] = true
+    end
+    if a[3] > 0 then
+      row[3 * n + 2] = redis.call('GET', KEYS[a[3]])
     end
   end
-  if #KEYS > n then
-    redis.call('SET', KEYS[n + 1], ARGV[3 + 2 * n], 'PX', ARGV[4 + 2 * n])
-  end
-  return 1
+  out[r] = row
 end
-local allowed = 1
-local out = {0}
-local new = {}
-for i = 1, n do
-  local interval = window / tonumber(ARGV[1 + 2 * i])
-  local cost = tonumber(ARGV[2 + 2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local after = tat + cost * interval
-  local retry = 0
-  local ahead = tat
-  if after - now > window + 0.001 then
-    allowed = 0
-    retry = math.ceil(after - now - window)
+
+for i in pairs(dirty) do
+  local v = tat[i]
+  if v > now then
+    redis.call('SET', KEYS[i], tostring(v), 'PX', math.ceil(v - now) + 1000)
   else
-    ahead = after
+    redis.call('DEL', KEYS[i])
   end
-  new[i] = after
-  local remaining = math.floor((window - (ahead - now)) / interval + 0.000001)
-  if remaining < 0 then remaining = 0 end
-  out[3 * i - 1] = remaining
-  out[3 * i] = math.ceil(ahead - now)
-  out[3 * i + 1] = retry
-end
-if allowed == 1 then
-  for i = 1, n do
-    redis.call('SET', KEYS[i], tostring(new[i]), 'PX', math.ceil(new[i] - now) + 1000)
-  end
-end
-out[1] = allowed
-if #KEYS > n and allowed == 1 then
-  out[3 * n + 2] = redis.call('GET', KEYS[n + 1])
 end
 return out

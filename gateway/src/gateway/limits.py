@@ -1,8 +1,9 @@
 """Rate limits: requests and tokens a minute, per API key and per model, counted in Redis.
 
-Every gateway replica asks the same Redis, and one Lua script (loaded once per client, called by
-EVALSHA) checks and charges all of a request's limits in one atomic step, so N replicas enforce one
-limit exactly: no read-then-write race, no per-replica share.
+Every gateway replica asks the same Redis, and one Lua script (``limits.lua``, called by EVALSHA)
+checks and charges all of a request's limits in one atomic step, so N replicas enforce one limit
+exactly: no read-then-write race, no per-replica share. The calls are batched, many requests to a call
+(:mod:`gateway.ledger`).
 
 The algorithm is GCRA (the generic cell rate algorithm, a leaky bucket kept as one number per limit,
 its "theoretical arrival time"). Why not a sliding window: a sliding log is exact but keeps one entry
@@ -32,24 +33,20 @@ the log, ``X-Switchboard-Ratelimit: unavailable`` on the answer), ``closed`` ans
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
 from starlette.types import Scope
 
 from chat_common.errors import APIError
+from gateway.cache_entry import Recording
 from gateway.config import RateLimit
-from gateway.resp import FastConnection, fast_connection_for
+from gateway.ledger import Ledger, LimitKey
+from gateway.redis_state import REDIS_ERRORS
 from gateway.tokens import estimate_messages
 
 __all__ = [
@@ -57,6 +54,7 @@ __all__ = [
     "UNAVAILABLE_HEADER",
     "Admission",
     "Limiter",
+    "Plan",
     "RateLimit",
     "admit_chat",
     "reset_text",
@@ -66,21 +64,71 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UNAVAILABLE_HEADER = (b"x-switchboard-ratelimit", b"unavailable")
-WINDOW_MS = 60_000
 _TEXT_DELTA = b'"delta":{"content":'
 _USAGE = b'"usage":{'
 _WARN_EVERY_S = 10.0
-
-# The one script (limits.lua beside this module; its header says what it takes and returns).
-_SCRIPT_FILE = Path(__file__).with_name("limits.lua")
+_MAX_PLANS = 10_000
 
 
 @dataclass(frozen=True)
 class _Limit:
-    key: str  # the Redis key of its state
+    state: LimitKey  # its key in Redis, its limit a minute, its cost
     kind: Literal["requests", "tokens"]
-    per_minute: int
     what: str  # for the refusal's message, e.g. "the API key's"
+
+    @property
+    def key(self) -> str:
+        return self.state.key.decode()
+
+    @property
+    def per_minute(self) -> int:
+        return self.state.per_minute
+
+
+_HEADER_NAMES = {
+    kind: tuple(f"x-ratelimit-{part}-{kind}".encode() for part in ("limit", "remaining", "reset"))
+    for kind in ("requests", "tokens")
+}
+
+
+class Plan:
+    """The limits one subject (API key or client address) is under for one model, prepared once: what the
+    ledger charges, which of them count tokens, and how their headers are written."""
+
+    __slots__ = ("by_kind", "limits", "states", "token_states")
+
+    def __init__(self, limits: list[_Limit]) -> None:
+        self.limits = limits
+        self.states = tuple(limit.state for limit in limits)
+        self.token_states = tuple(limit.state for limit in limits if limit.kind == "tokens")
+        # per kind present: (its limit's header, then the names of the remaining and reset headers, the index
+        # of its remaining count in the script's row) for each of its limits
+        self.by_kind = [
+            [
+                ((names[0], b"%d" % limit.per_minute), names[1], names[2], 3 * i + 1)
+                for i, limit in enumerate(limits)
+                if limit.kind == kind
+            ]
+            for kind, names in _HEADER_NAMES.items()
+            if any(limit.kind == kind for limit in limits)
+        ]
+
+    def headers(self, row: list[Any]) -> list[tuple[bytes, bytes]]:
+        """OpenAI's ``x-ratelimit-*`` trio per kind, for the limit of that kind with the least remaining (the
+        latest reset among equals)."""
+        headers: list[tuple[bytes, bytes]] = []
+        for of_kind in self.by_kind:
+            first, remaining_name, reset_name, at = of_kind[0]
+            for other in of_kind[1:]:
+                if (row[other[3]], -row[other[3] + 1]) < (row[at], -row[at + 1]):
+                    first, remaining_name, reset_name, at = other
+            reset = row[at + 1]
+            headers += [
+                first,
+                (remaining_name, b"%d" % row[at]),
+                (reset_name, _SUBSECOND[reset] if 0 <= reset < 1000 else reset_text(reset).encode()),
+            ]
+        return headers
 
 
 def reset_text(ms: int) -> str:
@@ -94,55 +142,97 @@ def reset_text(ms: int) -> str:
     return f"{int(minutes)}m{round(rest, 3):g}s"
 
 
+_SUBSECOND = [reset_text(ms).encode() for ms in range(1000)]  # the common case, written once
+
 UNAVAILABLE: Any = object()  # Admission.cached when Redis could not be asked
 
 
-@dataclass
 class Admission:
     """A request's bookkeeping in Redis: the rate-limit headers for its answer, the cache entry read with
     the limits (``cached``: the stored bytes, None, or :data:`UNAVAILABLE`), and, once the answer has been
-    sent, one call (:meth:`finish`) that corrects its token charge with the usage and writes its cache
-    entry (``write``), if any."""
+    sent, :meth:`finish`, which hands the ledger its token correction and its cache entry (``write``: a
+    whole answer's; ``recording``: a stream's, kept as it is relayed).
 
-    limiter: Limiter | None = None
-    redis: Redis | None = None
-    token_limits: list[_Limit] = field(default_factory=list)
-    estimate: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    cached: Any = None
-    used: int | None = None  # tokens the answer used; None: none (an error: the estimate is given back)
-    write: tuple[str, bytes] | None = None  # a cache entry to store: key, value
-    write_ttl_ms: int = 0
-    finished: bool = False
+    A streamed answer is metered as it is relayed (:meth:`piece` for each piece sent, :meth:`relayed` at
+    its end: the :class:`gateway.proxy.EventStream` calls them, a method call per piece rather than one more
+    generator layer): its usage chunk's tokens, or the estimate plus one token per text chunk (so far, when
+    it is cut short or the client leaves)."""
+
+    __slots__ = (
+        "cached",
+        "estimate",
+        "finished",
+        "headers",
+        "ledger",
+        "recording",
+        "token_states",
+        "usage",
+        "used",
+        "write",
+    )
+
+    def __init__(
+        self,
+        ledger: Ledger | None = None,
+        token_states: tuple[LimitKey, ...] = (),
+        estimate: int = 0,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        cached: Any = None,
+        *,
+        finished: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.token_states = token_states
+        self.estimate = estimate
+        self.headers = headers or []
+        self.cached = cached
+        self.used: int | None = None  # tokens the answer used; None: none (an error: the estimate is given back)
+        self.usage: int | None = None  # a stream's usage chunk's total
+        self.write: tuple[bytes, bytes, int] | None = None  # a cache entry to store: key, value, TTL in ms
+        self.recording: Recording | None = None
+        self.finished = finished
 
     def meter_whole(self, status: int, body: bytes) -> None:
         self.used = whole_usage(body) if status == 200 else None
 
-    async def metered(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Relay a stream's pieces unchanged, noting its tokens as they go: its usage chunk's, or the
-        estimate plus one token per text chunk (so far, when it is cut short or the client leaves)."""
-        usage: int | None = None
-        self.used = self.estimate
-        async for piece in pieces:
-            if _USAGE in piece:
-                usage = _stream_usage(piece) or usage
-            self.used = usage if usage is not None else self.used + piece.count(_TEXT_DELTA)
-            yield piece
+    def piece(self, piece: bytes) -> None:
+        """A piece of the streamed answer, about to be sent."""
+        if _USAGE in piece:
+            self.usage = _stream_usage(piece) or self.usage
+        if self.usage is not None:
+            self.used = self.usage
+        else:
+            self.used = (self.estimate if self.used is None else self.used) + piece.count(_TEXT_DELTA)
+        if self.recording is not None:
+            self.recording.take(piece)
 
-    async def finish(self) -> None:
-        """After the answer: correct the token charge and store the cache entry, in one call."""
-        if self.finished or self.limiter is None or self.redis is None:
-            self.finished = True
+    def relayed(self) -> None:
+        """The streamed answer's last piece has been sent."""
+        if self.recording is not None:
+            self.recording.relayed = True
+
+    def finish(self) -> None:
+        """After the answer: the token correction and the cache entry, queued for the ledger's next call."""
+        if self.finished:
             return
         self.finished = True
-        delta = (self.used or 0) - self.estimate
-        if (self.token_limits and delta) or self.write is not None:
-            limits = self.token_limits if delta else []
-            await self.limiter.settle(self.redis, limits, delta, self.write, self.write_ttl_ms)
+        if self.ledger is None:
+            return
+        write = self.write
+        if self.recording is not None:
+            entry = self.recording.entry()
+            if entry is not None:
+                write = (self.recording.key, entry, self.recording.ttl_ms)
+        units = (self.used or 0) - self.estimate if self.token_states else 0
+        if units or write is not None:
+            self.ledger.settle(self.token_states, units, write)
+
+
+_NO_LIMITS = Admission(finished=True)  # shared: nothing to settle, nothing read; never changed
 
 
 async def admit_chat(
-    state: Any, scope: Scope, model: str, messages: list[dict[str, Any]], cache_key: str | None = None
+    state: Any, scope: Scope, model: str, messages: list[dict[str, Any]], cache_key: bytes | None = None
 ) -> Admission:
     """Admit a chat request for ``model`` under the limits of its API key (``scope["state"]["api_key"]``,
     set by authentication; None or absent: no key) or client address, and read its cache entry
@@ -151,24 +241,23 @@ async def admit_chat(
     api_key = scope.get("state", {}).get("api_key")
     if api_key is None and limiter.anonymous is None and cache_key is None:
         return _NO_LIMITS
-    client = scope.get("client")
-    limits = limiter.limits(
-        key_id=None if api_key is None else str(api_key.id),
-        key_limit=None if api_key is None else RateLimit(rpm=api_key.rpm, tpm=api_key.tpm),
-        client=client[0] if client else None,
-        model=model,
-    )
-    if not limits and cache_key is None:
+    plan = limiter.plan(api_key, client_address(scope), model)
+    if plan is None and cache_key is None:
         return _NO_LIMITS
-    return await limiter.admit(getattr(state, "redis", None), limits, estimate_messages(messages), cache_key)
+    return await limiter.admit(plan, estimate_messages(messages), cache_key)
 
 
-_NO_LIMITS = Admission(finished=True)  # shared: nothing to settle, nothing read; never changed
+def client_address(scope: Scope) -> str | None:
+    """The address a request came from, as the server saw it (uvicorn takes ``X-Forwarded-For`` from the
+    proxies in ``FORWARDED_ALLOW_IPS``)."""
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 class Limiter:
-    """The limits of the settings, enforced in Redis. ``admit`` before the model call, ``Admission.settle``
-    after the answer. Holds no connection: the caller passes the app's Redis client."""
+    """The limits of the settings, enforced in Redis through the app's :class:`Ledger` (``ledger``, set by
+    the lifespan; None without Redis). :meth:`plan` for a request, :meth:`admit` before the model call,
+    :meth:`Admission.finish` after the answer."""
 
     def __init__(
         self,
@@ -182,11 +271,31 @@ class Limiter:
         self.anonymous = anonymous
         self.failure = failure
         self.prefix = prefix
-        self._source = _SCRIPT_FILE.read_text()
-        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
-        self._scripts: dict[int, AsyncScript] = {}
-        self._fast: dict[int, FastConnection | None] = {}
+        self.ledger: Ledger | None = None
+        self._plans: dict[tuple[Any, ...], Plan | None] = {}
         self._warned = 0.0
+
+    def plan(self, api_key: Any, client: str | None, model: str) -> Plan | None:
+        """The limits a request for ``model`` is under (None: none): by its key (an
+        :class:`gateway.api_keys.ApiKey`), or (no key) its client address. Kept for later requests."""
+        if api_key is not None:
+            cache_key: tuple[Any, ...] = (api_key.id, api_key.rpm, api_key.tpm, model)
+        else:
+            cache_key = (None, client, model)
+        try:
+            return self._plans[cache_key]
+        except KeyError:
+            pass
+        limits = self.limits(
+            key_id=None if api_key is None else str(api_key.id),
+            key_limit=None if api_key is None else RateLimit(rpm=api_key.rpm, tpm=api_key.tpm),
+            client=client,
+            model=model,
+        )
+        if len(self._plans) >= _MAX_PLANS:  # many client addresses: start over (a plan is cheap to make)
+            self._plans.clear()
+        plan = self._plans[cache_key] = Plan(limits) if limits else None
+        return plan
 
     def limits(
         self, *, key_id: str | None, key_limit: RateLimit | None, client: str | None, model: str
@@ -200,95 +309,42 @@ class Limiter:
             return []
         found: list[_Limit] = []
         base = f"{self.prefix}{{{subject}}}"  # a hash tag: a subject's limits share one cluster slot
+
+        def limit(key: str, kind: Literal["requests", "tokens"], per_minute: int, what: str) -> _Limit:
+            return _Limit(LimitKey(key.encode(), per_minute, kind == "tokens"), kind, what)
+
         if own is not None:
             if own.rpm:
-                found.append(_Limit(f"{base}:r", "requests", own.rpm, what))
+                found.append(limit(f"{base}:r", "requests", own.rpm, what))
             if own.tpm:
-                found.append(_Limit(f"{base}:t", "tokens", own.tpm, what))
+                found.append(limit(f"{base}:t", "tokens", own.tpm, what))
         default = self.models.get(model) or self.models.get("*")
         if default is not None:
             what = f"the model '{model}''s"
             if default.rpm:
-                found.append(_Limit(f"{base}:m:{model}:r", "requests", default.rpm, what))
+                found.append(limit(f"{base}:m:{model}:r", "requests", default.rpm, what))
             if default.tpm:
-                found.append(_Limit(f"{base}:m:{model}:t", "tokens", default.tpm, what))
+                found.append(limit(f"{base}:m:{model}:t", "tokens", default.tpm, what))
         return found
 
-    async def _run(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
-        """The script, by EVALSHA on the lean connection to ``redis``'s server (loaded again if Redis has
-        forgotten it), or through ``redis`` itself where that connection cannot be had."""
-        key = id(redis)
-        if key not in self._fast:
-            self._fast[key] = fast_connection_for(redis)
-        fast = self._fast[key]
-        if fast is None:
-            script = self._scripts.get(key)
-            if script is None:
-                script = self._scripts[key] = redis.register_script(self._source)
-            return await script(keys=keys, args=args)
-        try:
-            return await fast.call("EVALSHA", self._sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            await fast.call("SCRIPT", "LOAD", self._source)
-            return await fast.call("EVALSHA", self._sha, len(keys), *keys, *args)
-
-    def use(self, redis: Redis, fast: FastConnection | None) -> None:
-        """Run the script on ``fast`` (shared with other hot-path calls) for ``redis``; None: on ``redis``."""
-        self._fast[id(redis)] = fast
-
-    def close(self) -> None:
-        """Close the lean connections (the app's shutdown)."""
-        for fast in self._fast.values():
-            if fast is not None:
-                fast.close()
-        self._fast.clear()
-
-    async def admit(
-        self, redis: Redis | None, limits: list[_Limit], tokens: int, cache_key: str | None = None
-    ) -> Admission:
-        """Charge one request and ``tokens`` (the prompt's estimate) against ``limits``, and read the cache
-        entry ``cache_key``, in one call; raises :class:`APIError` 429 (a limit is reached) or 503 (Redis
-        unreachable and the policy is closed)."""
-        if redis is None:
+    async def admit(self, plan: Plan | None, tokens: int, cache_key: bytes | None = None) -> Admission:
+        """Charge one request and ``tokens`` (the prompt's estimate) against ``plan``'s limits, and read the
+        cache entry ``cache_key``, in the ledger's next call; raises :class:`APIError` 429 (a limit is
+        reached) or 503 (Redis unreachable and the policy is closed)."""
+        limits = plan.limits if plan is not None else []
+        ledger = self.ledger
+        if ledger is None:
             return self._unavailable(limits, "no Redis is configured (GATEWAY_REDIS_URL)")
-        args: list[Any] = ["admit", len(limits)]
-        for limit in limits:
-            args += [limit.per_minute, 1 if limit.kind == "requests" else tokens]
-        keys = [limit.key for limit in limits]
-        if cache_key is not None:
-            keys.append(cache_key)
         try:
-            result = await self._run(redis, keys, args)
-        except (RedisError, OSError) as exc:
+            row = await ledger.admit(plan.states if plan is not None else (), tokens, cache_key)
+        except REDIS_ERRORS as exc:
             return self._unavailable(limits, str(exc) or type(exc).__name__)
-        views = [
-            (limit, int(result[3 * i + 1]), int(result[3 * i + 2]), int(result[3 * i + 3]))
-            for i, limit in enumerate(limits)
-        ]
-        headers = _headers(views)
-        if not result[0]:
-            raise _refusal(views, tokens, headers)
-        token_limits = [limit for limit in limits if limit.kind == "tokens"]
-        cached = result[3 * len(limits) + 1] if len(result) > 3 * len(limits) + 1 else None
-        return Admission(self, redis, token_limits, tokens, headers, cached)
-
-    async def settle(
-        self, redis: Redis, limits: list[_Limit], delta: int, write: tuple[str, bytes] | None, ttl_ms: int
-    ) -> None:
-        """Move ``limits`` by ``delta`` tokens and store ``write`` (key, value) for ``ttl_ms``, in one call."""
-        args: list[Any] = ["settle", len(limits)]
-        for limit in limits:
-            args += [limit.per_minute, delta]
-        keys = [limit.key for limit in limits]
-        if write is not None:
-            keys.append(write[0])
-            args += [write[1], ttl_ms]
-        try:
-            await self._run(redis, keys, args)
-        except (RedisError, OSError) as exc:
-            self._warn(f"token usage not corrected, answer not cached: {exc}")
+        if plan is None:
+            return Admission(ledger, (), tokens, None, row[-1])
+        headers = plan.headers(row)
+        if not row[0]:
+            raise _refusal(limits, row, tokens, headers)
+        return Admission(ledger, plan.token_states, tokens, headers, row[-1])
 
     def _unavailable(self, limits: list[_Limit], reason: str) -> Admission:
         if not limits:  # only the cache was asked: answered from the model, nothing stored
@@ -312,24 +368,9 @@ class Limiter:
             logger.warning(message)
 
 
-def _headers(views: list[tuple[_Limit, int, int, int]]) -> list[tuple[bytes, bytes]]:
-    """OpenAI's ``x-ratelimit-*`` trio per kind, for the limit of that kind with the least remaining."""
-    headers: list[tuple[bytes, bytes]] = []
-    for kind in ("requests", "tokens"):
-        of_kind = [v for v in views if v[0].kind == kind]
-        if not of_kind:
-            continue
-        limit, remaining, reset_ms, _ = min(of_kind, key=lambda v: (v[1], -v[2]))
-        headers += [
-            (f"x-ratelimit-limit-{kind}".encode(), str(limit.per_minute).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(remaining).encode()),
-            (f"x-ratelimit-reset-{kind}".encode(), reset_text(reset_ms).encode()),
-        ]
-    return headers
-
-
-def _refusal(views: list[tuple[_Limit, int, int, int]], tokens: int, headers: list[tuple[bytes, bytes]]) -> APIError:
-    limit, _, _, retry_ms = max((v for v in views if v[3] > 0), key=lambda v: v[3])
+def _refusal(limits: list[_Limit], row: list[Any], tokens: int, headers: list[tuple[bytes, bytes]]) -> APIError:
+    refused = [(limit, int(row[3 * i + 3])) for i, limit in enumerate(limits) if row[3 * i + 3] > 0]
+    limit, retry_ms = max(refused, key=lambda v: v[1])
     fields = {name.decode(): value.decode() for name, value in headers}
     if limit.kind == "tokens" and tokens > limit.per_minute:
         return APIError(

@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -31,7 +32,7 @@ from gateway import affinity
 from gateway.metrics import OTHER_MODEL, GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
 
-__all__ = ["EventStream", "Proxy"]
+__all__ = ["EventStream", "Meter", "Proxy"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +298,16 @@ class Proxy:
         self._count_usage(model, events[start + 6 : end])
 
 
+class Meter(Protocol):
+    """What watches a relayed stream (:class:`gateway.limits.Admission`)."""
+
+    def piece(self, piece: bytes) -> None:
+        """Called with each piece just before it is sent."""
+
+    def relayed(self) -> None:
+        """Called once the last piece has been sent."""
+
+
 class EventStream:
     """The relayed SSE response: headers, then each piece as it comes; ``on_close`` runs however it ends.
 
@@ -317,13 +328,19 @@ class EventStream:
         self.on_close = on_close
         self.headers = self._HEADERS  # replaced (never changed in place) to add headers
         self.filtered = False  # the replica applied the request's answer filter (chat_common.answer_filter)
+        self.meter: Meter | None = None  # sees each piece as it is sent (the rate limits, the cache)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        meter = self.meter
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for piece in self.pieces:
+                if meter is not None:
+                    meter.piece(piece)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if meter is not None:
+                meter.relayed()
         finally:
             self.on_close()
 

@@ -1,21 +1,22 @@
 """A lean Redis connection for the hot path: RESP over one asyncio connection, pipelined, hiredis-parsed.
 
-Every chat request with rate limits or the cache makes one or two script calls. Through redis-py's
-asyncio client one such call costs about 110 µs of CPU and 300 µs of wall time at concurrency 1 (its
-connection pool, command packing and response callbacks run per call); written straight to one shared
-connection, with replies matched to callers in order, the same call costs about 20 µs of CPU and
-50 µs of wall time, and calls from concurrent requests share the socket's writes and reads
-(``bench/RESULTS.md``). The connection is opened from the app's ``redis.asyncio.Redis`` settings (host,
-port or unix socket, database, user and password), on first use, on the running event loop; it is
-opened again on the call after it broke. A connection that answers nothing for ``timeout_s`` is closed
-and its calls fail. Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``),
-so callers handle one family whichever client ran the call.
+The rate limits' and the cache's script calls (:mod:`gateway.ledger`, one per event-loop turn) and the API
+key lookups go through it. Through redis-py's asyncio client one script call costs about 110 µs of CPU and
+300 µs of wall time at concurrency 1 (its connection pool, command packing and response callbacks run per
+call); written straight to one shared connection, with replies matched to callers in order, the same call
+costs about 20 µs of CPU and 50 µs of wall time, and calls from concurrent requests share the socket's
+writes and reads (``bench/RESULTS.md``). The connection is opened from the app's ``redis.asyncio.Redis``
+settings (host, port or unix socket, database, user and password), on first use, on the running event loop;
+it is opened again on the call after it broke. A connection that answers nothing for ``timeout_s`` is closed
+and its calls fail. Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``), so
+callers handle one family whichever client ran the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -24,7 +25,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["FastConnection", "fast_connection_for"]
+__all__ = ["FastConnection", "fast_connection_for", "pack", "pack_bytes"]
 
 
 def fast_connection_for(redis: Redis) -> FastConnection | None:
@@ -102,16 +103,33 @@ class FastConnection:
 
     async def call(self, *args: str | bytes | int | float) -> Any:
         protocol = self._protocol or await self._connect()
-        return await self._send(protocol, args)
+        return await self._send(protocol, pack(args))
 
-    def _send(self, protocol: _Protocol, args: tuple[str | bytes | int | float, ...]) -> asyncio.Future[Any]:
+    async def call_packed(self, command: bytes) -> Any:
+        """:meth:`call` with the command already in RESP (:func:`pack`)."""
+        protocol = self._protocol or await self._connect()
+        return await self._send(protocol, command)
+
+    def send_now(self, command: bytes) -> asyncio.Future[Any] | None:
+        """Write ``command`` (in RESP, after anything queued) at once and return the future of its reply,
+        without a coroutine: for a caller that batched its own commands (:mod:`gateway.ledger`). None when
+        the connection is not open (then use :meth:`call_packed`, which opens it)."""
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        return self._send(protocol, command, now=True)
+
+    def _send(self, protocol: _Protocol, command: bytes, *, now: bool = False) -> asyncio.Future[Any]:
         """Queue the command; the commands queued in one turn of the event loop go out in one write (one
-        system call for all the requests that asked meanwhile, instead of one each)."""
+        system call for all the requests that asked meanwhile, instead of one each). ``now``: write it, and
+        anything queued before it, at once."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._outgoing:
+        if not self._outgoing and not now:
             loop.call_soon(self._flush)
-        self._outgoing.append(_pack(args))
+        self._outgoing.append(command)
+        if now:
+            self._flush()  # a flush scheduled for earlier commands finds nothing left
         self.waiting.append((future, loop.time()))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout_s, self._check)
@@ -148,7 +166,7 @@ class FastConnection:
                 if self.db:
                     setup.append(("SELECT", self.db))
                 self._protocol = protocol  # the setup is written first: later calls queue behind it
-                replies = [self._send(protocol, command) for command in setup]
+                replies = [self._send(protocol, pack(command)) for command in setup]
                 for reply in replies:
                     await reply
         except TimeoutError as exc:  # asyncio.timeout's, the builtin
@@ -192,9 +210,11 @@ class FastConnection:
         self.broken(ConnectionError("the connection was closed"))
 
 
-def _pack(args: tuple[str | bytes | int | float | None, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+def pack(args: Sequence[str | bytes | int | float | None]) -> bytes:
+    """A command in RESP: an array of bulk strings (numbers written in decimal, text in UTF-8)."""
+    return pack_bytes([arg if isinstance(arg, bytes) else str(arg).encode() for arg in args])
+
+
+def pack_bytes(args: Sequence[bytes]) -> bytes:
+    """:func:`pack` of arguments that are all bytes already (the hot path's)."""
+    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]))

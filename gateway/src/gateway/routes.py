@@ -6,9 +6,11 @@ unloading models is :mod:`gateway.model_admin`; the seed systems' routes are :mo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from redis.asyncio import Redis
 from starlette.responses import Response
 
 from chat_common.errors import APIError
@@ -16,11 +18,13 @@ from chat_common.metrics import metrics_response
 from chat_common.requests import json_object
 from gateway.auth import allow_model
 from gateway.proxy import Proxy
+from gateway.redis_state import REDIS_ERRORS
 from gateway.retrieval import RetrieverClient, RetrieverUnavailable
 
 __all__ = ["router"]
 
 router = APIRouter()
+READY_REDIS_TIMEOUT_S = 0.5  # well inside a readiness probe's usual 1 s
 
 
 def _proxy(request: Request) -> Proxy:
@@ -76,6 +80,10 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> dict[str, object]:
+    """200 once a model is routable. ``redis`` says whether the shared state answers; it does not fail
+    readiness (every replica shares that Redis: taking them all out of service for it would turn a Redis
+    outage into a full one, where API keys already verified, and limits with GATEWAY_REDIS_FAILURE=open,
+    keep answering)."""
     registry = _proxy(request).registry
     if not registry.model_ids:
         down = "; ".join(f"{r.service} at {r.url}: {r.error}" for r in registry.unreachable()) or "none listed"
@@ -88,6 +96,7 @@ async def ready(request: Request) -> dict[str, object]:
     return {
         "status": "ready",
         "models": registry.model_ids,
+        "redis": await redis_status(request.app.state.redis),
         "unreachable": [{"service": r.service, "url": r.url, "error": r.error} for r in registry.unreachable()],
         "tripped": [
             {
@@ -99,6 +108,20 @@ async def ready(request: Request) -> dict[str, object]:
             for r in registry.tripped()
         ],
     }
+
+
+async def redis_status(redis: Redis | None) -> str:
+    """``ok``, ``unreachable: <why>``, or ``not configured``: one PING, answered within half a second."""
+    if redis is None:
+        return "not configured"
+    try:
+        async with asyncio.timeout(READY_REDIS_TIMEOUT_S):
+            await redis.ping()
+    except TimeoutError:
+        return f"unreachable: no answer within {READY_REDIS_TIMEOUT_S:g}s"
+    except REDIS_ERRORS as exc:
+        return f"unreachable: {exc or type(exc).__name__}"
+    return "ok"
 
 
 @router.get("/metrics")

@@ -17,7 +17,6 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
 from chat_common.errors import APIError, validation_message
@@ -90,8 +89,8 @@ async def chat(request: Request) -> Response:
     response = await model_answer(proxy, chat_req, orjson.dumps(body), [profile_filter], admission)
     count_chat(proxy, chat_req.model, response.status_code, False, started)
     assert not isinstance(response, EventStream)
+    admission.finish()  # the token charge corrected: the answer is whole, its usage known
     if response.status_code != 200:
-        response.background = BackgroundTask(admission.finish)
         return response
     message = orjson.loads(response.body)["choices"][0]["message"]
     answer = JSONResponse(
@@ -99,7 +98,6 @@ async def chat(request: Request) -> Response:
             "cern_response": (message.get("content") or "").strip(),
             "thought_process": (message.get("reasoning_content") or "").strip(),
         },
-        background=BackgroundTask(admission.finish),  # the token charge corrected once the answer is sent
     )
     answer.raw_headers.extend(admission.headers)
     return answer

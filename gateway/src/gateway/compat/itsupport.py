@@ -88,7 +88,7 @@ async def chat(request: Request) -> Response:
     started = time.perf_counter()
     allow_model(request.scope, request.app.state.settings.rag_model)  # the API key's allow-list: 403
     try:
-        answer = await _answer(request, _parse(await request.body()))
+        answer, limit_headers = await _answer(request, _parse(await request.body()))
     except SupportError as exc:
         return _error(exc)
     except Exception:
@@ -100,10 +100,13 @@ async def chat(request: Request) -> Response:
         )
     answer["processing_time"] = round(time.perf_counter() - started, 3)
     answer["timestamp"] = _now()
-    return JSONResponse(answer)
+    response = JSONResponse(answer)
+    response.raw_headers.extend(limit_headers)  # x-ratelimit-*, as on every chat route
+    return response
 
 
-async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
+async def _answer(request: Request, ask: SupportQuery) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+    """The answer's body, and the rate-limit headers to send with it."""
     settings = request.app.state.settings
     proxy: Proxy = request.app.state.proxy
     retriever: RetrieverClient | None = request.app.state.retriever
@@ -143,7 +146,7 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
     try:
         response = await proxy.call_model(model, "/v1/chat/completions", orjson.dumps(body), stream=False)
     except APIError as exc:
-        await admission.finish()  # no answer: the token estimate is given back
+        admission.finish()  # no answer: the token estimate is given back
         raise SupportError(
             503 if exc.status_code in (404, 503) else 500,
             "Service Unavailable" if exc.status_code in (404, 503) else "Internal Server Error",
@@ -151,7 +154,7 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
         ) from exc
     assert isinstance(response, Response)
     metered(admission, response)
-    await admission.finish()  # the tokens used, counted against the limits
+    admission.finish()  # the tokens used, counted against the limits
     payload = orjson.loads(response.body)
     if response.status_code != 200:
         message = (payload.get("error") or {}).get("message", "the model failed")
@@ -162,7 +165,7 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
             f"The model '{model}' could not answer: {message}",
         )
     text = payload["choices"][0]["message"].get("content") or ""
-    return {
+    body = {
         "response": mask_credentials(text.strip()),
         "query": query,
         "context_used": passages.context(),
@@ -176,6 +179,7 @@ async def _answer(request: Request, ask: SupportQuery) -> dict[str, Any]:
             for h in hits
         ],
     }
+    return body, admission.headers
 
 
 @router.get("/health")
