@@ -43,14 +43,14 @@ async def script_calls(redis: Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
 
-async def test_the_admissions_of_one_turn_go_out_in_one_call_each_with_its_own_row(
+async def test_one_request_goes_at_once_and_those_that_come_meanwhile_share_the_next_call(
     redis: Redis, ledger: Ledger, redis_prefix: str
 ) -> None:
     plan = limits(redis_prefix, rpm=10)
     await ledger.admit(plan, 5, None)  # the script loaded and the connection open before counting
     before = await script_calls(redis)
     rows = await asyncio.gather(*(ledger.admit(plan, 5, None) for _ in range(12)))
-    assert await script_calls(redis) - before == 1
+    assert await script_calls(redis) - before == 2  # the first at once, the 11 others once it is answered
     # in order, each seeing the ones before it: 9 requests were left of 10, then none
     assert [row[0] for row in rows] == [1] * 9 + [0] * 3
     assert [row[1] for row in rows[:9]] == list(range(8, -1, -1))  # requests remaining after each
@@ -64,8 +64,9 @@ async def test_a_request_sees_the_corrections_queued_before_it_in_the_same_call(
     first = await ledger.admit(plan, 100, None)
     assert first[4] == 900  # tokens remaining after the estimate
     before = await script_calls(redis)
-    ledger.settle(plan[1:], -60)  # the answer used 40 of the 100 estimated
-    ledger.settle(plan[1:], -20)  # another, summed with it
+    tokens = plan[1:]  # one object for the plan's token limits, as a Plan keeps it
+    ledger.settle(tokens, -60)  # the answer used 40 of the 100 estimated
+    ledger.settle(tokens, -20)  # another, summed with it
     second = await ledger.admit(plan, 100, None)
     assert await script_calls(redis) - before == 1  # the settlements rode on the admission
     assert second[4] in (880, 881)  # 1000 - 20 - 100 (a token a 60 ms may have come back meanwhile)
@@ -152,4 +153,6 @@ def test_a_recording_stores_only_a_complete_answer_without_an_error_within_the_s
     assert recorded([b"data: a\n\n", done], relayed=False) is None  # the client left before the end
     assert recorded([b"data: a\n\n"]) is None  # cut short: no [DONE]
     assert recorded([b'data: {"error": {"message": "x"}}\n\n', done]) is None
+    assert recorded([b'data: a\n\ndata: {"error": {"message": "x"}}\n\n' + done]) is None  # one piece
+    assert recorded([b'data: {"error"-like text}\n\ndata: b\n\n', done]) is not None  # only the last event counts
     assert recorded([b"data: a\n\n", done], max_bytes=10) is None

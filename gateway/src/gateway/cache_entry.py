@@ -20,7 +20,7 @@ def whole_entry(body: bytes) -> bytes:
 
 
 def stream_entry(pieces: list[bytes]) -> bytes:
-    return b"%b%b\n%b" % (_STREAM, b",".join(b"%d" % len(p) for p in pieces), b"".join(pieces))
+    return b"".join([_STREAM, b",".join([b"%d" % len(p) for p in pieces]), b"\n", *pieces])
 
 
 def decode(entry: bytes) -> bytes | list[bytes] | None:
@@ -41,8 +41,9 @@ def decode(entry: bytes) -> bytes | list[bytes] | None:
 
 class Recording:
     """A stream's pieces kept as they are relayed, to be stored once it is complete. ``take`` each piece
-    before it is sent; an error event, or more than ``max_bytes``, stops the recording (nothing is
-    stored); ``relayed`` is set once the last piece has been sent."""
+    before it is sent; more than ``max_bytes`` stops the recording (nothing is stored); ``relayed`` is set
+    once the last piece has been sent. A stream that ends with an error event (a service's or the
+    gateway's, always the last event before ``[DONE]``) is not stored: only that event is looked at."""
 
     __slots__ = ("key", "max_bytes", "pieces", "relayed", "size", "storable", "ttl_ms")
 
@@ -59,7 +60,7 @@ class Recording:
         if not self.storable:
             return
         self.size += len(piece)
-        if self.size > self.max_bytes or _ERROR_EVENT in piece:
+        if self.size > self.max_bytes:
             self.storable = False
             self.pieces = []
         else:
@@ -70,4 +71,18 @@ class Recording:
         ``[DONE]``."""
         if not (self.relayed and self.storable and self.pieces and self.pieces[-1].endswith(_DONE)):
             return None
+        if _ends_with_error(self.pieces):
+            return None
         return stream_entry(self.pieces)
+
+
+def _ends_with_error(pieces: list[bytes]) -> bool:
+    """Whether the event before the closing ``[DONE]`` is an error (complete SSE events: an event never spans
+    two pieces). Searched in place: no copy of the answer."""
+    last = pieces[-1]
+    end = len(last) - len(_DONE)  # where [DONE] starts
+    if end <= 0 and len(pieces) > 1:
+        last = pieces[-2]
+        end = len(last)
+    before = last.rfind(b"\n\n", 0, max(end - 2, 0))  # the end of the event before that one
+    return last.startswith(_ERROR_EVENT, before + 2 if before >= 0 else 0)

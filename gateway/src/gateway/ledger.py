@@ -1,4 +1,5 @@
-"""The Redis work of the rate limits and the response cache, batched: one script call per event-loop turn.
+"""The Redis work of the rate limits and the response cache, batched: one script call at a time, each
+carrying every request that came while the one before was in flight (group commit).
 
 Every chat request under a limit or asking for the cache needs Redis twice: before the model (charge its
 limits, read its cache entry: an *admission*) and after the answer (correct its token charge with the real
@@ -6,19 +7,23 @@ usage, store its answer: a *settlement*). One script call each was two round tri
 concurrency 32 the gateway spent about a third of its CPU on them and their system calls
 (``bench/RESULTS.md``). The :class:`Ledger` sends them together instead:
 
-* the admissions asked for during one turn of the event loop go out as one call of the script
-  (``limits.lua``), and each request waits for its own row of that call's reply (a request that comes
-  alone goes out at once, with no added wait; at concurrency 32 a call carried about 6.5 requests);
-* settlements are not sent by themselves: they are queued (the corrections of one plan summed) and
-  ride on the next admission call, or, when no request comes, go out after ``settle_delay_s``. They are
+* an admission that comes when no call is in flight goes out at once (no added wait: a lone request pays
+  one round trip); those that come while a call is in flight wait for it to be answered and then go out
+  together in the next call, each request waiting for its own row of the reply. The batch grows with the
+  round trip: a remote Redis gets fewer, larger calls, never a pile of small ones (at concurrency 32 on
+  one machine a call carried about 6.5 requests);
+* settlements are not sent by themselves: they are queued (the corrections of one plan summed) and ride
+  on the next call, or go out ``settle_delay_s`` after they were queued when no request comes. They are
   always applied before the admissions of the same call, so a request sees every correction and stored
   answer of the answers this gateway finished before it came (a client's next request sees its last
-  one); other replicas see them within ``settle_delay_s``.
+  one); other replicas see them within ``settle_delay_s`` (plus a round trip).
 
-The script is atomic and takes a call's admissions in order, each request all-or-nothing against the
-state the ones before it left, so N replicas still enforce one limit exactly. When Redis cannot be
-asked, every admission of the call fails with the error (the caller applies ``GATEWAY_REDIS_FAILURE``)
-and its settlements are dropped with a warning (a correction or a cache entry, never an answer).
+A reply goes straight to its call's requests as soon as the connection has parsed it (``_Call`` is the
+connection's receiver: no future, no loop turn in between). The script is atomic and takes a call's
+admissions in order, each request all-or-nothing against the state the ones before it left, so N replicas
+still enforce one limit exactly. When Redis cannot be asked, every admission of the call fails with the
+error (the caller applies ``GATEWAY_REDIS_FAILURE``) and its settlements are dropped with a warning (a
+correction or a cache entry, never an answer).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway.redis_state import REDIS_ERRORS
 from gateway.resp import FastConnection, pack_bytes
@@ -65,16 +70,36 @@ _Admission = tuple[Sequence[LimitKey], int, bytes | None, "asyncio.Future[list[A
 
 
 class _Call:
-    """One call of the script: its keys and arguments (and RESP command), the admissions waiting for it."""
+    """One call of the script: its keys and arguments (and RESP command), the admissions waiting for it.
+    It receives its own reply (:class:`gateway.resp.Receiver`): the connection hands it over as soon as it
+    is parsed, with no loop turn in between."""
 
-    __slots__ = ("admissions", "args", "command", "keys", "settles")
+    __slots__ = ("admissions", "answered", "args", "command", "keys", "ledger", "settles")
 
-    def __init__(self, keys: list[bytes], args: list[bytes], admissions: list[_Admission]) -> None:
+    def __init__(self, ledger: Ledger, keys: list[bytes], args: list[bytes], admissions: list[_Admission]) -> None:
+        self.ledger = ledger
         self.keys = keys
         self.args = args
         self.admissions = admissions
         self.command = b""
         self.settles = False
+        self.answered = False
+
+    def done(self) -> bool:
+        return self.answered
+
+    def set_result(self, rows: Any) -> None:
+        self.answered = True
+        self.ledger._deliver(self, rows)
+        self.ledger._done(self)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.answered = True
+        if isinstance(error, ResponseError) and str(error).startswith("NOSCRIPT"):
+            self.ledger._in_task(self)  # Redis forgot the script (a restart, SCRIPT FLUSH): load it, send again
+        else:
+            self.ledger._fail(self, error)
+        self.ledger._done(self)
 
 
 class Ledger:
@@ -97,31 +122,30 @@ class Ledger:
         self._settlements: dict[int, list[Any]] = {}  # id(limits) -> [limits, units]
         self._writes: dict[bytes, tuple[bytes, int]] = {}
         self._write_bytes = 0
-        self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self._calls: set[asyncio.Future[Any]] = set()  # in flight: replies awaited by callback, tasks
+        self._in_flight: set[object] = set()  # calls sent and not answered yet (a _Call, or a task)
+        self._idle: asyncio.Future[None] | None = None  # drain() waits on it
+        self._overdue = False  # the settlements' delay ran out while a call was in flight
         self._script = None if fast is not None else redis.register_script(_SCRIPT)
         self._warned = 0.0
 
     def admit(self, limits: Sequence[LimitKey], tokens: int, cache_key: bytes | None) -> asyncio.Future[list[Any]]:
         """Charge one request (and ``tokens`` on its token limits) against ``limits`` and read the cache
-        entry ``cache_key``, in this turn's call. Await the result: the request's row of the reply
+        entry ``cache_key``: at once when no call is in flight, else with the next call, which goes out as
+        soon as the one in flight is answered. Await the result: the request's row of the reply
         (``limits.lua``), or what Redis raised (:data:`gateway.redis_state.REDIS_ERRORS`). A plain future,
         not a coroutine: one level less for the request to pass through on the hot path."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._admissions.append((limits, tokens, cache_key, future))
-        if len(self._admissions) >= self.max_admissions:
+        if not self._in_flight or len(self._admissions) >= self.max_admissions:
             self._flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
         return future
 
     def settle(self, limits: Sequence[LimitKey], units: int, write: tuple[bytes, bytes, int] | None = None) -> None:
         """Queue a correction of ``units`` (signed) on ``limits`` and a cache entry ``write`` (key, value,
-        TTL in ms) for the next call. ``limits`` is best the same object for every request under the same
-        limits (a :class:`gateway.limits.Plan`'s): their corrections are summed as one."""
+        TTL in ms) for the next call (at the latest ``settle_delay_s`` from now). ``limits`` is best the same
+        object for every request under the same limits (a :class:`gateway.limits.Plan`'s): their corrections
+        are summed as one."""
         if units:
             queued = self._settlements.get(id(limits))
             if queued is None:
@@ -136,21 +160,32 @@ class Ledger:
             return
         if self._write_bytes >= MAX_WRITE_BYTES:
             self._flush()
-        elif not self._scheduled and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.settle_delay_s, self._flush)
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.settle_delay_s, self._on_timer)
 
     async def drain(self) -> None:
-        """Send what is queued and wait for every call in flight (the app's shutdown)."""
-        self._flush()
-        while self._calls:
-            await asyncio.gather(*self._calls, return_exceptions=True)
+        """Send what is queued and wait until every call is answered (the app's shutdown)."""
+        while self._admissions or self._settlements or self._writes or self._in_flight:
+            if not self._in_flight:
+                self._flush()
+            if self._in_flight:
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
 
     def pending(self) -> bool:
         """Whether anything is queued or in flight."""
-        return bool(self._admissions or self._settlements or self._writes or self._calls)
+        return bool(self._admissions or self._settlements or self._writes or self._in_flight)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._in_flight:
+            self._overdue = True  # goes out when the call in flight is answered
+        else:
+            self._flush()
 
     def _flush(self) -> None:
-        self._scheduled = False
+        """Send what is queued as one call."""
+        self._overdue = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -179,43 +214,28 @@ class Ledger:
             plan = plans.get(id(limits))
             if plan is None:
                 plan = plans[id(limits)] = len(planned) + 1
-                planned.append(
-                    [
-                        x
-                        for limit in limits
-                        for x in (keys.setdefault(limit.key, len(keys) + 1), limit.per_minute, limit.tokens)
-                    ]
-                )
+                planned.append([])
+                for limit in limits:
+                    planned[-1] += (keys.setdefault(limit.key, len(keys) + 1), limit.per_minute, limit.tokens)
             admitted.append((plan, tokens, 0 if cache_key is None else keys.setdefault(cache_key, len(keys) + 1)))
-        call = _Call(list(keys), [orjson.dumps([settled, written, planned, admitted]), *values], admissions)
+        call = _Call(self, list(keys), [orjson.dumps([settled, written, planned, admitted]), *values], admissions)
         call.settles = bool(settled or written)
         if self.fast is not None:
             call.command = pack_bytes([b"EVALSHA", _SHA, b"%d" % len(keys), *call.keys, *call.args])
-            reply = self.fast.send_now(call.command)  # on the open connection: no task, a callback
-            if reply is not None:
-                self._calls.add(reply)
-                reply.add_done_callback(lambda done: self._answered(call, done))
+            self._in_flight.add(call)
+            if self.fast.send_now(call.command, call):  # on the open connection: the reply comes to the call
                 return
+            self._in_flight.discard(call)
         self._in_task(call)
 
-    def _answered(self, call: _Call, done: asyncio.Future[Any]) -> None:
-        self._calls.discard(done)
-        error = ConnectionError("the call was cancelled") if done.cancelled() else done.exception()
-        if error is None:
-            self._deliver(call, done.result())
-        elif isinstance(error, ResponseError) and str(error).startswith("NOSCRIPT"):
-            self._in_task(call)  # Redis forgot the script (a restart, SCRIPT FLUSH): load it, send again
-        else:
-            self._fail(call, error)
-
     def _in_task(self, call: _Call) -> None:
+        """Send ``call`` from a task: where the connection must be opened first, the script loaded again, or
+        redis-py send it (TLS)."""
         task = asyncio.get_running_loop().create_task(self._call(call))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._in_flight.add(task)
+        task.add_done_callback(self._done)
 
     async def _call(self, call: _Call) -> None:
-        """The call as a coroutine: where the connection must be opened first, the script loaded again, or
-        redis-py send it (TLS)."""
         try:
             if self.fast is None:
                 assert self._script is not None
@@ -233,7 +253,22 @@ class Ledger:
             return
         self._deliver(call, rows)
 
-    def _deliver(self, call: _Call, rows: list[list[Any]]) -> None:
+    def _done(self, call: object) -> None:
+        """A call is answered, failed, or handed to a task: what was queued meanwhile goes out."""
+        self._in_flight.discard(call)
+        if self._in_flight:
+            return
+        if self._admissions or self._overdue:
+            self._flush()
+        elif self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _deliver(self, call: _Call, rows: Any) -> None:
+        if not isinstance(rows, list) or len(rows) != len(call.admissions):  # never seen: fail, never hang
+            got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
+            logger.error("the limits script answered %s to a call of %d admissions", got, len(call.admissions))
+            self._fail(call, ResponseError("the limits script's answer does not match its call"))
+            return
         for (limits, tokens, _, future), row in zip(call.admissions, rows, strict=True):
             if not future.done():
                 future.set_result(row)

@@ -156,7 +156,8 @@ class Admission:
     A streamed answer is metered as it is relayed (:meth:`piece` for each piece sent, :meth:`relayed` at
     its end: the :class:`gateway.proxy.EventStream` calls them, a method call per piece rather than one more
     generator layer): its usage chunk's tokens, or the estimate plus one token per text chunk (so far, when
-    it is cut short or the client leaves)."""
+    it is cut short or the client leaves). Each piece is scanned once here (the text chunks); the relay
+    finds the usage chunk, and the cache's recording checks for an error only at the end."""
 
     __slots__ = (
         "cached",
@@ -166,7 +167,6 @@ class Admission:
         "ledger",
         "recording",
         "token_states",
-        "usage",
         "used",
         "write",
     )
@@ -187,7 +187,6 @@ class Admission:
         self.headers = headers or []
         self.cached = cached
         self.used: int | None = None  # tokens the answer used; None: none (an error: the estimate is given back)
-        self.usage: int | None = None  # a stream's usage chunk's total
         self.write: tuple[bytes, bytes, int] | None = None  # a cache entry to store: key, value, TTL in ms
         self.recording: Recording | None = None
         self.finished = finished
@@ -197,17 +196,15 @@ class Admission:
 
     def piece(self, piece: bytes) -> None:
         """A piece of the streamed answer, about to be sent."""
-        if _USAGE in piece:
-            self.usage = _stream_usage(piece) or self.usage
-        if self.usage is not None:
-            self.used = self.usage
-        else:
-            self.used = (self.estimate if self.used is None else self.used) + piece.count(_TEXT_DELTA)
+        self.used = (self.estimate if self.used is None else self.used) + piece.count(_TEXT_DELTA)
         if self.recording is not None:
             self.recording.take(piece)
 
-    def relayed(self) -> None:
-        """The streamed answer's last piece has been sent."""
+    def relayed(self, usage: int | None) -> None:
+        """The streamed answer's last piece has been sent; ``usage``: its usage chunk's total tokens (found by
+        the relay, which looks for it anyway), which replaces the count."""
+        if usage is not None:
+            self.used = usage
         if self.recording is not None:
             self.recording.relayed = True
 

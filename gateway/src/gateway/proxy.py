@@ -230,15 +230,24 @@ class Proxy:
                 upstream.close()
             release()
 
-        stream = EventStream(self._relay(replica, upstream, model, started), on_close=close)
+        def note_usage(total: int) -> None:  # called while relaying: ``stream`` exists by then
+            stream.usage = total
+
+        stream = EventStream(self._relay(replica, upstream, model, started, note_usage), on_close=close)
         stream.filtered = FILTER_HEADER in upstream.headers
         return stream
 
     async def _relay(
-        self, replica: Replica, upstream: aiohttp.ClientResponse, model: str, started: float
+        self,
+        replica: Replica,
+        upstream: aiohttp.ClientResponse,
+        model: str,
+        started: float,
+        note_usage: Callable[[int], None],
     ) -> AsyncIterator[bytes]:
         """The upstream's complete events as they arrive. Notes the time to the first text and the final
-        usage for the metrics by looking for them in the bytes (the events are not parsed)."""
+        usage for the metrics by looking for them in the bytes (the events are not parsed), and hands the
+        usage's total tokens to ``note_usage`` (the rate limits' correction)."""
         held = b""
         finished = False
         first_text = True
@@ -255,8 +264,8 @@ class Proxy:
                 if first_text and _TEXT_DELTA in complete:
                     first_text = False
                     self.metrics.first_token(model, time.perf_counter() - started)
-                if _USAGE in complete:
-                    self._count_stream_usage(model, complete)
+                if _USAGE in complete and (total := self._count_stream_usage(model, complete)) is not None:
+                    note_usage(total)
                 finished = complete.endswith(sse.DONE)
                 yield complete
         except (TimeoutError, aiohttp.SocketTimeoutError):
@@ -277,25 +286,29 @@ class Proxy:
             )
             yield sse.DONE
 
-    def _count_usage(self, model: str, body: bytes) -> None:
-        """Count the tokens of a whole JSON answer's ``usage``."""
+    def _count_usage(self, model: str, body: bytes) -> int | None:
+        """Count the tokens of a whole JSON answer's ``usage``; its ``total_tokens``, if it has one."""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return
-        if isinstance(payload, dict):
-            self.metrics.usage(model, payload.get("usage"))
+            return None
+        if not isinstance(payload, dict):
+            return None
+        usage = payload.get("usage")
+        self.metrics.usage(model, usage)
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return total if isinstance(total, int) else None
 
-    def _count_stream_usage(self, model: str, events: bytes) -> None:
-        """Count the tokens of the (last) usage chunk among ``events``, complete SSE events."""
+    def _count_stream_usage(self, model: str, events: bytes) -> int | None:
+        """Count the tokens of the (last) usage chunk among ``events``, complete SSE events; its total."""
         at = events.rfind(_USAGE)
         if at < 0:
-            return
+            return None
         start = events.rfind(b"\ndata: ", 0, at) + 1  # 0 when the usage event is the first one
         if not events.startswith(b"data: ", start):
-            return
+            return None
         end = events.find(b"\n", at)
-        self._count_usage(model, events[start + 6 : end])
+        return self._count_usage(model, events[start + 6 : end])
 
 
 class Meter(Protocol):
@@ -304,8 +317,8 @@ class Meter(Protocol):
     def piece(self, piece: bytes) -> None:
         """Called with each piece just before it is sent."""
 
-    def relayed(self) -> None:
-        """Called once the last piece has been sent."""
+    def relayed(self, usage: int | None) -> None:
+        """Called once the last piece has been sent, with the total tokens of the stream's usage chunk."""
 
 
 class EventStream:
@@ -329,6 +342,7 @@ class EventStream:
         self.headers = self._HEADERS  # replaced (never changed in place) to add headers
         self.filtered = False  # the replica applied the request's answer filter (chat_common.answer_filter)
         self.meter: Meter | None = None  # sees each piece as it is sent (the rate limits, the cache)
+        self.usage: int | None = None  # the upstream's usage chunk's total tokens, once relayed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         meter = self.meter
@@ -340,7 +354,7 @@ class EventStream:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if meter is not None:
-                meter.relayed()
+                meter.relayed(self.usage)
         finally:
             self.on_close()
 
