@@ -10,8 +10,9 @@ authentication on (an API key with its own limits) and per-model limits (four li
 per request, never reached). The last two answer requests that ask for the cache, each with its own
 seed, so every request pays the whole cost: the key check, the limits with the cache lookup (a miss),
 and after the answer the token correction with the store of the answer. A fourth pass, "auth+limits",
-sends the "on" gateway what ``make bench`` sends (no cache asked for): auth and four limits alone. The passes alternate over
-rounds (concurrency 1 and 32, streamed and not) so drift on a shared machine hits all three. Prints p50
+sends the "on" gateway what ``make bench`` sends (no cache asked for): auth and four limits alone. The
+passes alternate over rounds (concurrency 1 and 32, streamed and not) so drift on a shared machine hits
+them all. Prints p50
 latency, the added p50 at concurrency 1, the throughput ratio on/off (pooled over the rounds, and the
 median of each round's ratio), and the CPU each gateway and Redis spent per request (medians over the
 rounds: steadier than throughput on a shared machine).

@@ -1,13 +1,16 @@
 """The batched Redis work of the rate limits and the cache (gateway.ledger, gateway/limits.lua) against a real
-Redis (the session's private server, tests/conftest.py): what goes out in how many script calls (Redis's own
-command counters), that a request sees the settlements queued before it, that settlements go out by
-themselves when no request comes, that a client leaving while it waits gets its token estimate back, and the
-cache's entry format (gateway.cache_entry)."""
+Redis (the session's private server, tests/conftest.py; one of the test's own where it is paused): what goes out
+in how many script calls (Redis's own command counters: a loop turn's admissions in one call, those that come
+while a call is in flight in the next one), that a request sees the settlements queued before it, that
+settlements go out by themselves when no request comes, that a client leaving while it waits gets its token
+estimate back, and the cache's entry format (gateway.cache_entry)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +18,7 @@ from redis.asyncio import Redis
 from gateway.cache_entry import Recording, decode, stream_entry, whole_entry
 from gateway.ledger import Ledger, LimitKey
 from gateway.resp import fast_connection_for
+from scripts.local_redis import LocalRedis
 
 
 @pytest.fixture
@@ -43,18 +47,45 @@ async def script_calls(redis: Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
 
-async def test_one_request_goes_at_once_and_those_that_come_meanwhile_share_the_next_call(
+async def test_the_admissions_of_one_loop_turn_go_out_in_one_call_each_with_its_own_row(
     redis: Redis, ledger: Ledger, redis_prefix: str
 ) -> None:
     plan = limits(redis_prefix, rpm=10)
     await ledger.admit(plan, 5, None)  # the script loaded and the connection open before counting
     before = await script_calls(redis)
     rows = await asyncio.gather(*(ledger.admit(plan, 5, None) for _ in range(12)))
-    assert await script_calls(redis) - before == 2  # the first at once, the 11 others once it is answered
+    assert await script_calls(redis) - before == 1
     # in order, each seeing the ones before it: 9 requests were left of 10, then none
     assert [row[0] for row in rows] == [1] * 9 + [0] * 3
     assert [row[1] for row in rows[:9]] == list(range(8, -1, -1))  # requests remaining after each
     assert rows[-1][3] > 0  # a refused one is told how long to wait
+
+
+async def test_admissions_that_come_while_a_call_is_in_flight_wait_and_share_the_next_call(
+    private_redis: Callable[[], LocalRedis], redis_prefix: str
+) -> None:
+    server = private_redis()
+    assert server.process is not None
+    redis = Redis.from_url(server.url)
+    fast = fast_connection_for(redis)
+    ledger = Ledger(redis, fast)
+    plan = limits(redis_prefix, rpm=10)
+    await ledger.admit(plan, 1, None)
+    before = await script_calls(redis)
+    os.kill(server.process.pid, signal.SIGSTOP)  # the next call stays in flight
+    try:
+        first = ledger.admit(plan, 1, None)
+        await asyncio.sleep(0.05)  # its loop turn ended: sent
+        later = [ledger.admit(plan, 1, None) for _ in range(3)]
+        await asyncio.sleep(0.05)  # their turn ended too, but a call is in flight: held
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    rows = [await first, *[await f for f in later]]
+    assert [row[1] for row in rows] == [8, 7, 6, 5]  # in order, each seeing the one before
+    assert await script_calls(redis) - before == 2  # the first, then the three together
+    assert fast is not None
+    fast.close()
+    await redis.aclose()
 
 
 async def test_a_request_sees_the_corrections_queued_before_it_in_the_same_call(

@@ -1,5 +1,5 @@
-"""The Redis work of the rate limits and the response cache, batched: one script call at a time, each
-carrying every request that came while the one before was in flight (group commit).
+"""The Redis work of the rate limits and the response cache, batched: one script call in flight at a time,
+each carrying every request that came while the one before it was out (group commit).
 
 Every chat request under a limit or asking for the cache needs Redis twice: before the model (charge its
 limits, read its cache entry: an *admission*) and after the answer (correct its token charge with the real
@@ -7,11 +7,11 @@ usage, store its answer: a *settlement*). One script call each was two round tri
 concurrency 32 the gateway spent about a third of its CPU on them and their system calls
 (``bench/RESULTS.md``). The :class:`Ledger` sends them together instead:
 
-* an admission that comes when no call is in flight goes out at once (no added wait: a lone request pays
-  one round trip); those that come while a call is in flight wait for it to be answered and then go out
-  together in the next call, each request waiting for its own row of the reply. The batch grows with the
-  round trip: a remote Redis gets fewer, larger calls, never a pile of small ones (at concurrency 32 on
-  one machine a call carried about 6.5 requests);
+* the admissions asked for during one turn of the event loop go out as one call at the end of the turn
+  (a lone request pays one round trip and nothing more); those that come while a call is in flight wait
+  for its answer and then go out together in the next call; each request waits for its own row of the
+  reply. The batch grows with the round trip: a remote Redis gets fewer, larger calls, never a pile of
+  small ones (at concurrency 32 on one machine a call carried about 6.5 requests);
 * settlements are not sent by themselves: they are queued (the corrections of one plan summed) and ride
   on the next call, or go out ``settle_delay_s`` after they were queued when no request comes. They are
   always applied before the admissions of the same call, so a request sees every correction and stored
@@ -126,19 +126,24 @@ class Ledger:
         self._in_flight: set[object] = set()  # calls sent and not answered yet (a _Call, or a task)
         self._idle: asyncio.Future[None] | None = None  # drain() waits on it
         self._overdue = False  # the settlements' delay ran out while a call was in flight
+        self._scheduled = False  # a flush at the end of this loop turn
         self._script = None if fast is not None else redis.register_script(_SCRIPT)
         self._warned = 0.0
 
     def admit(self, limits: Sequence[LimitKey], tokens: int, cache_key: bytes | None) -> asyncio.Future[list[Any]]:
         """Charge one request (and ``tokens`` on its token limits) against ``limits`` and read the cache
-        entry ``cache_key``: at once when no call is in flight, else with the next call, which goes out as
-        soon as the one in flight is answered. Await the result: the request's row of the reply
+        entry ``cache_key``: in the call that goes out at the end of this loop turn, or, while a call is in
+        flight, in the one that goes out as soon as it is answered. Await the result: the request's row of the reply
         (``limits.lua``), or what Redis raised (:data:`gateway.redis_state.REDIS_ERRORS`). A plain future,
         not a coroutine: one level less for the request to pass through on the hot path."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._admissions.append((limits, tokens, cache_key, future))
-        if not self._in_flight or len(self._admissions) >= self.max_admissions:
+        if len(self._admissions) >= self.max_admissions:
             self._flush()
+        elif not self._scheduled and not self._in_flight:
+            self._scheduled = True
+            loop.call_soon(self._turn_ended)
         return future
 
     def settle(self, limits: Sequence[LimitKey], units: int, write: tuple[bytes, bytes, int] | None = None) -> None:
@@ -175,6 +180,11 @@ class Ledger:
     def pending(self) -> bool:
         """Whether anything is queued or in flight."""
         return bool(self._admissions or self._settlements or self._writes or self._in_flight)
+
+    def _turn_ended(self) -> None:
+        self._scheduled = False
+        if not self._in_flight:  # else they go out when the call in flight is answered
+            self._flush()
 
     def _on_timer(self) -> None:
         self._timer = None

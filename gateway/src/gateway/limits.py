@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 UNAVAILABLE_HEADER = (b"x-switchboard-ratelimit", b"unavailable")
 _TEXT_DELTA = b'"delta":{"content":'
-_USAGE = b'"usage":{'
 _WARN_EVERY_S = 10.0
 _MAX_PLANS = 10_000
 
@@ -395,16 +394,6 @@ def whole_usage(body: bytes) -> int | None:
     except orjson.JSONDecodeError:
         return None
     return _total(payload.get("usage") if isinstance(payload, dict) else None)
-
-
-def _stream_usage(events: bytes) -> int | None:
-    """``usage.total_tokens`` of the (last) usage chunk among ``events``, complete SSE events."""
-    at = events.rfind(_USAGE)
-    start = events.rfind(b"\ndata: ", 0, at) + 1
-    if not events.startswith(b"data: ", start):
-        return None
-    end = events.find(b"\n", at)
-    return whole_usage(events[start + 6 : end])
 
 
 def _total(usage: Any) -> int | None:
