@@ -369,3 +369,13 @@ async def test_three_gateway_processes_on_one_redis_enforce_one_limit_per_forwar
     assert sorted(one) == [200] * 5 + [429] * 3
     assert other == [200] * 5  # another client address: a budget of its own
     assert len(replica.chat_requests()) == 10
+
+
+def test_a_usage_without_total_tokens_counts_prompt_plus_completion() -> None:
+    """One reading of ``usage`` for whole answers and streams alike (the relay's and the limits')."""
+    from gateway.tokens import usage_total
+
+    assert usage_total({"total_tokens": 40, "prompt_tokens": 1}) == 40
+    assert usage_total({"prompt_tokens": 30, "completion_tokens": 12}) == 42
+    assert usage_total({"completion_tokens": 5}) == 5
+    assert usage_total({}) is None and usage_total(None) is None

@@ -7,12 +7,13 @@ bytes with the same boundaries. Neither is parsed or re-encoded on the way in: a
 
 from __future__ import annotations
 
+from chat_common.sse import DONE, EVENT_END
+
 __all__ = ["Recording", "decode", "stream_entry", "whole_entry"]
 
 _WHOLE = b"W"
 _STREAM = b"S"
 _ERROR_EVENT = b'data: {"error"'
-_DONE = b"data: [DONE]\n\n"
 
 
 def whole_entry(body: bytes) -> bytes:
@@ -69,7 +70,7 @@ class Recording:
     def entry(self) -> bytes | None:
         """The entry to store: None unless the client has had every piece and the last one ends with
         ``[DONE]``."""
-        if not (self.relayed and self.storable and self.pieces and self.pieces[-1].endswith(_DONE)):
+        if not (self.relayed and self.storable and self.pieces and self.pieces[-1].endswith(DONE)):
             return None
         if _ends_with_error(self.pieces):
             return None
@@ -80,9 +81,9 @@ def _ends_with_error(pieces: list[bytes]) -> bool:
     """Whether the event before the closing ``[DONE]`` is an error (complete SSE events: an event never spans
     two pieces). Searched in place: no copy of the answer."""
     last = pieces[-1]
-    end = len(last) - len(_DONE)  # where [DONE] starts
+    end = len(last) - len(DONE)  # where [DONE] starts
     if end <= 0 and len(pieces) > 1:
         last = pieces[-2]
         end = len(last)
-    before = last.rfind(b"\n\n", 0, max(end - 2, 0))  # the end of the event before that one
-    return last.startswith(_ERROR_EVENT, before + 2 if before >= 0 else 0)
+    before = last.rfind(EVENT_END, 0, max(end - len(EVENT_END), 0))  # the end of the event before that one
+    return last.startswith(_ERROR_EVENT, before + len(EVENT_END) if before >= 0 else 0)

@@ -114,7 +114,6 @@ class Ledger:
         settle_delay_s: float = SETTLE_DELAY_S,
         max_admissions: int = MAX_ADMISSIONS,
     ) -> None:
-        self.redis = redis
         self.fast = fast
         self.settle_delay_s = settle_delay_s
         self.max_admissions = max_admissions
@@ -170,7 +169,7 @@ class Ledger:
 
     async def drain(self) -> None:
         """Send what is queued and wait until every call is answered (the app's shutdown)."""
-        while self._admissions or self._settlements or self._writes or self._in_flight:
+        while self.pending():
             if not self._in_flight:
                 self._flush()
             if self._in_flight:

@@ -1,5 +1,5 @@
--- Switchboard's rate limits and response cache (gateway/ledger.py, gateway/limits.py): all the Redis work of
--- one turn of a gateway's event loop, in one atomic call.
+-- Switchboard's rate limits and response cache (gateway/ledger.py, gateway/limits.py): a batch of a gateway's
+-- Redis work (what it queued while its previous call was out), in one atomic call.
 -- KEYS: every key the call touches (limit states and cache entries), each once.
 -- ARGV[1]: JSON [settlements, writes, plans, admissions]; ARGV[2..]: the values of the writes.
 --   settlement: [key, per_minute, units]: move a limit by a signed number of units (a token correction);

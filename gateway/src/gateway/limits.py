@@ -47,7 +47,7 @@ from gateway.cache_entry import Recording
 from gateway.config import RateLimit
 from gateway.ledger import Ledger, LimitKey
 from gateway.redis_state import REDIS_ERRORS
-from gateway.tokens import estimate_messages
+from gateway.tokens import estimate_messages, usage_total
 
 __all__ = [
     "UNAVAILABLE",
@@ -393,14 +393,4 @@ def whole_usage(body: bytes) -> int | None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return _total(payload.get("usage") if isinstance(payload, dict) else None)
-
-
-def _total(usage: Any) -> int | None:
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-    return sum(p for p in parts if isinstance(p, int)) if any(isinstance(p, int) for p in parts) else None
+    return usage_total(payload.get("usage") if isinstance(payload, dict) else None)

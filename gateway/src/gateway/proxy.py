@@ -31,6 +31,7 @@ from chat_common.errors import APIError
 from gateway import affinity
 from gateway.metrics import OTHER_MODEL, GatewayMetrics
 from gateway.registry import Registry, Replica, describe_error
+from gateway.tokens import usage_total
 
 __all__ = ["EventStream", "Meter", "Proxy"]
 
@@ -287,7 +288,7 @@ class Proxy:
             yield sse.DONE
 
     def _count_usage(self, model: str, body: bytes) -> int | None:
-        """Count the tokens of a whole JSON answer's ``usage``; its ``total_tokens``, if it has one."""
+        """Count the tokens of a whole JSON answer's ``usage``; the total it gives (:func:`usage_total`)."""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -296,8 +297,7 @@ class Proxy:
             return None
         usage = payload.get("usage")
         self.metrics.usage(model, usage)
-        total = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return total if isinstance(total, int) else None
+        return usage_total(usage)
 
     def _count_stream_usage(self, model: str, events: bytes) -> int | None:
         """Count the tokens of the (last) usage chunk among ``events``, complete SSE events; its total."""
