@@ -93,14 +93,14 @@ async def test_a_request_sees_the_corrections_queued_before_it_in_the_same_call(
 ) -> None:
     plan = limits(redis_prefix, tpm=1000)
     first = await ledger.admit(plan, 100, None)
-    assert first[4] == 900  # tokens remaining after the estimate
+    assert first[5] == 900  # tokens remaining after the estimate
     before = await script_calls(redis)
     tokens = plan[1:]  # one object for the plan's token limits, as a Plan keeps it
     ledger.settle(tokens, -60)  # the answer used 40 of the 100 estimated
     ledger.settle(tokens, -20)  # another, summed with it
     second = await ledger.admit(plan, 100, None)
     assert await script_calls(redis) - before == 1  # the settlements rode on the admission
-    assert second[4] in (880, 881)  # 1000 - 20 - 100 (a token a 60 ms may have come back meanwhile)
+    assert second[5] in (880, 881)  # 1000 - 20 - 100 (a token a 60 ms may have come back meanwhile)
 
 
 async def test_settlements_go_out_by_themselves_within_the_delay_or_at_drain(
@@ -132,7 +132,7 @@ async def test_a_client_that_leaves_while_it_waits_gets_its_token_estimate_back(
     await ledger.drain()  # its answer queues the estimate's return; drain sends that too
     after = await ledger.admit(plan, 1, None)
     assert after[0] == 1 and after[1] == 98  # both requests count
-    assert after[4] in (999, 1000)  # the 300 tokens came back
+    assert after[5] in (999, 1000)  # the 300 tokens came back
 
 
 async def test_the_cache_entry_read_with_the_admission_is_the_one_written_before_it(
@@ -144,6 +144,29 @@ async def test_the_cache_entry_read_with_the_admission_is_the_one_written_before
     ledger.settle((), 0, (key, stream_entry([b"data: a\n\n", b"data: [DONE]\n\n"]), 60_000))
     hit = await ledger.admit((), 1, key)
     assert decode(hit[1]) == [b"data: a\n\n", b"data: [DONE]\n\n"]
+
+
+async def command_calls(redis: Redis, *names: str) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names}
+
+
+async def test_cache_reads_and_writes_without_limits_go_as_plain_commands_not_the_script(
+    redis: Redis, ledger: Ledger, redis_prefix: str
+) -> None:
+    await ledger.admit(limits(redis_prefix), 1, None)  # opens the connection (and loads the script)
+    keys = [f"{redis_prefix}cache:{i}".encode() for i in range(3)]
+    before = await command_calls(redis, "evalsha", "mget", "set")
+    ledger.settle((), 0, (keys[0], whole_entry(b'{"id": "a"}'), 60_000))
+    ledger.settle((), 0, (keys[1], whole_entry(b'{"id": "b"}'), 60_000))
+    rows = await asyncio.gather(*(ledger.admit((), 0, key) for key in keys))  # one call: two SETs, one MGET
+    assert [decode(row[1]) if row[1] else None for row in rows] == [b'{"id": "a"}', b'{"id": "b"}', None]
+    after = await command_calls(redis, "evalsha", "mget", "set")
+    assert {name: after[name] - before[name] for name in after} == {"evalsha": 0, "mget": 1, "set": 2}
+    assert 59_000 < await redis.pttl(keys[0]) <= 60_000
+    ledger.settle((), 0, (keys[2], whole_entry(b'{"id": "c"}'), 60_000))  # writes alone go the same way
+    await ledger.drain()
+    assert decode(await redis.get(keys[2]) or b"") == b'{"id": "c"}'
 
 
 async def test_redis_gone_fails_every_admission_of_the_call_with_its_error(redis_prefix: str) -> None:

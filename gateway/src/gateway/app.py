@@ -66,9 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
             fast = fast_connection_for(redis) if redis is not None else None
             if fast is not None:
                 stack.callback(fast.close)
-            if redis is not None:  # at shutdown, queued corrections and answers go out before the connection closes
+            if redis is not None:  # at shutdown, leases, queued corrections and answers go out before it closes
                 app.state.limiter.ledger = Ledger(redis, fast)
-                stack.push_async_callback(app.state.limiter.ledger.drain)
+                stack.push_async_callback(app.state.limiter.close)
             app.state.api_keys = KeyStore(redis, settings.redis_prefix, fast=fast) if redis is not None else None
             if app.state.api_keys is not None and file_keys is not None:
                 try:
@@ -132,6 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         anonymous=settings.rate_limit_anonymous,
         failure=settings.redis_failure,
         prefix=f"{settings.redis_prefix}rl:",
+        lease_s=settings.rate_limit_lease_s,
     )
     install_error_handlers(app)
     app.include_router(router)

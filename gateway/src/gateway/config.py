@@ -251,6 +251,15 @@ class Settings(BaseSettings):
         description="Limits of requests without an API key (authentication off), per client address, as JSON "
         '{"rpm", "tpm"}; the model defaults then apply per address too. Empty: such requests are not limited.',
     )
+    rate_limit_lease_s: float = Field(
+        0.1,
+        ge=0,
+        le=5,
+        description="Seconds of a large limit's rate a busy replica takes ahead from Redis and admits from "
+        "itself, without a Redis call per request (gateway/leases.py): a limit of L a minute, L * this / 60 "
+        "units. The limit is never exceeded; a replica may hold up to that many units while another is refused. "
+        "Only limits of at least 4 requests' worth are leased; 0: every limited request asks Redis.",
+    )
     redis_failure: Literal["open", "closed"] = Field(
         "open",
         description="When Redis cannot be reached for rate limits: 'open' answers anyway (a warning in the log, "

@@ -18,6 +18,9 @@ concurrency 32 the gateway spent about a third of its CPU on them and their syst
   answer of the answers this gateway finished before it came (a client's next request sees its last
   one); other replicas see them within ``settle_delay_s`` (plus a round trip).
 
+A call with no limit to charge or correct (cache lookups of requests admitted from a lease, or under no limit,
+and cache entries to store) is sent as plain ``MGET``/``SET`` commands, pipelined, instead of the script.
+
 A reply goes straight to its call's requests as soon as the connection has parsed it (``_Call`` is the
 connection's receiver: no future, no loop turn in between). The script is atomic and takes a call's
 admissions in order, each request all-or-nothing against the state the ones before it left, so N replicas
@@ -42,7 +45,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.redis_state import REDIS_ERRORS
-from gateway.resp import FastConnection, pack_bytes
+from gateway.resp import FastConnection, Receiver, pack_bytes
 
 __all__ = ["SETTLE_DELAY_S", "Ledger", "LimitKey"]
 
@@ -66,7 +69,7 @@ class LimitKey:
     tokens: bool
 
 
-_Admission = tuple[Sequence[LimitKey], int, bytes | None, "asyncio.Future[list[Any]]"]
+_Admission = tuple[Sequence[LimitKey], int, bytes | None, Sequence[int] | None, "asyncio.Future[list[Any]]"]
 
 
 class _Call:
@@ -74,7 +77,7 @@ class _Call:
     It receives its own reply (:class:`gateway.resp.Receiver`): the connection hands it over as soon as it
     is parsed, with no loop turn in between."""
 
-    __slots__ = ("admissions", "answered", "args", "command", "keys", "ledger", "settles")
+    __slots__ = ("admissions", "answered", "args", "command", "keys", "ledger", "plain", "settles")
 
     def __init__(self, ledger: Ledger, keys: list[bytes], args: list[bytes], admissions: list[_Admission]) -> None:
         self.ledger = ledger
@@ -83,6 +86,7 @@ class _Call:
         self.admissions = admissions
         self.command = b""
         self.settles = False
+        self.plain = False  # cache reads and writes only, as plain commands (``Ledger._send_plain``)
         self.answered = False
 
     def done(self) -> bool:
@@ -90,6 +94,8 @@ class _Call:
 
     def set_result(self, rows: Any) -> None:
         self.answered = True
+        if self.plain:  # MGET's values (or the last SET's OK): the rows the script would have answered
+            rows = [[1, value] for value in rows] if self.admissions else []
         self.ledger._deliver(self, rows)
         self.ledger._done(self)
 
@@ -100,6 +106,24 @@ class _Call:
         else:
             self.ledger._fail(self, error)
         self.ledger._done(self)
+
+
+class _WriteReply:
+    """Receives the reply of a plain cache write (:meth:`Ledger._send_plain`): nothing to do unless it failed."""
+
+    __slots__ = ("ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        pass
+
+    def set_exception(self, error: BaseException) -> None:
+        self.ledger._warn(f"answers not cached: Redis: {error}")
 
 
 class Ledger:
@@ -127,17 +151,25 @@ class Ledger:
         self._overdue = False  # the settlements' delay ran out while a call was in flight
         self._scheduled = False  # a flush at the end of this loop turn
         self._script = None if fast is not None else redis.register_script(_SCRIPT)
+        self._write_reply = _WriteReply(self)
         self._warned = 0.0
 
-    def admit(self, limits: Sequence[LimitKey], tokens: int, cache_key: bytes | None) -> asyncio.Future[list[Any]]:
-        """Charge one request (and ``tokens`` on its token limits) against ``limits`` and read the cache
+    def admit(
+        self,
+        limits: Sequence[LimitKey],
+        tokens: int,
+        cache_key: bytes | None,
+        leases: Sequence[int] | None = None,
+    ) -> asyncio.Future[list[Any]]:
+        """Charge one request (and ``tokens`` on its token limits) against ``limits``, take ``leases`` (units
+        per limit, for the gateway to hand out itself: :mod:`gateway.leases`) where they fit, and read the cache
         entry ``cache_key``: in the call that goes out at the end of this loop turn, or, while a call is in
         flight, in the one that goes out as soon as it is answered. Await the result: the request's row of the reply
         (``limits.lua``), or what Redis raised (:data:`gateway.redis_state.REDIS_ERRORS`). A plain future,
         not a coroutine: one level less for the request to pass through on the hot path."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._admissions.append((limits, tokens, cache_key, future))
+        self._admissions.append((limits, tokens, cache_key, leases, future))
         if len(self._admissions) >= self.max_admissions:
             self._flush()
         elif not self._scheduled and not self._in_flight:
@@ -204,6 +236,9 @@ class Ledger:
         self._write_bytes = 0
         if not (admissions or settlements or writes):
             return
+        if not settlements and self.fast is not None and self.fast.is_open() and not any(a[0] for a in admissions):
+            self._send_plain(admissions, writes)
+            return
         keys: dict[bytes, int] = {}  # each key once, numbered from 1 (KEYS of the script)
         moved: dict[tuple[bytes, int], int] = {}
         for limits, units in settlements.values():
@@ -219,14 +254,15 @@ class Ledger:
         plans: dict[int, int] = {}  # id(limits) -> its number among the call's plans, from 1
         planned: list[list[int]] = []
         admitted = []
-        for limits, tokens, cache_key, _ in admissions:
+        for limits, tokens, cache_key, leases, _ in admissions:
             plan = plans.get(id(limits))
             if plan is None:
                 plan = plans[id(limits)] = len(planned) + 1
                 planned.append([])
                 for limit in limits:
                     planned[-1] += (keys.setdefault(limit.key, len(keys) + 1), limit.per_minute, limit.tokens)
-            admitted.append((plan, tokens, 0 if cache_key is None else keys.setdefault(cache_key, len(keys) + 1)))
+            cache = 0 if cache_key is None else keys.setdefault(cache_key, len(keys) + 1)
+            admitted.append((plan, tokens, cache, leases or 0))
         call = _Call(self, list(keys), [orjson.dumps([settled, written, planned, admitted]), *values], admissions)
         call.settles = bool(settled or written)
         if self.fast is not None:
@@ -236,6 +272,21 @@ class Ledger:
                 return
             self._in_flight.discard(call)
         self._in_task(call)
+
+    def _send_plain(self, admissions: list[_Admission], writes: dict[bytes, tuple[bytes, int]]) -> None:
+        """Cache reads and writes alone (no limit to charge or correct: a request admitted from a lease, or
+        under no limit): plain ``SET``s and one ``MGET``, pipelined in one write, cheaper for Redis than the
+        script. The call receives the last reply; the writes' replies before it only report errors."""
+        assert self.fast is not None
+        parts = [pack_bytes([b"SET", key, value, b"PX", b"%d" % ttl_ms]) for key, (value, ttl_ms) in writes.items()]
+        if admissions:
+            parts.append(pack_bytes([b"MGET", *[cache_key or b"" for _, _, cache_key, _, _ in admissions]]))
+        call = _Call(self, [], [], admissions)
+        call.plain = True
+        call.settles = bool(writes)
+        receivers: list[Receiver] = [self._write_reply] * (len(parts) - 1)
+        self._in_flight.add(call)
+        self.fast.send_now(b"".join(parts), *receivers, call)
 
     def _in_task(self, call: _Call) -> None:
         """Send ``call`` from a task: where the connection must be opened first, the script loaded again, or
@@ -278,11 +329,14 @@ class Ledger:
             logger.error("the limits script answered %s to a call of %d admissions", got, len(call.admissions))
             self._fail(call, ResponseError("the limits script's answer does not match its call"))
             return
-        for (limits, tokens, _, future), row in zip(call.admissions, rows, strict=True):
+        for (limits, tokens, _, _, future), row in zip(call.admissions, rows, strict=True):
             if not future.done():
                 future.set_result(row)
-            elif row[0] == 1 and tokens:  # admitted, but its client left meanwhile: no answer, no tokens used
-                self.settle([limit for limit in limits if limit.tokens], -tokens)
+            elif row[0] == 1:  # admitted, but its client left meanwhile: no answer, no tokens, no lease used
+                for j, limit in enumerate(limits):
+                    units = row[4 * j + 4] + (tokens if limit.tokens else 0)
+                    if units:
+                        self.settle((limit,), -units)
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         for *_, future in call.admissions:

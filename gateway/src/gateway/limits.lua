@@ -5,11 +5,14 @@
 --   settlement: [key, per_minute, units]: move a limit by a signed number of units (a token correction);
 --   write: [key, ttl_ms, argv]: SET KEYS[key] to ARGV[argv] for ttl_ms (a cache entry);
 --   plan: per limit key, per_minute, tokens (true: a request costs its tokens, false: 1): a set of limits;
---   admission: [plan (0: none), tokens, cache key (0: none)]: charge one request.
+--   admission: [plan (0: none), tokens, cache key (0: none), leases (0: none)]: charge one request; leases:
+--   per limit of its plan, units to take ahead for the gateway to hand out itself (gateway/leases.py).
 -- Keys are indexes into KEYS, plans into the plans. Settlements and writes come first: admissions see them.
--- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, then the cache entry
--- (false when none was asked for, the request was refused, or there is none)}. A request is charged only
--- when every one of its limits allows it; the admissions are taken in order, each seeing the ones before.
+-- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, leased, then the cache
+-- entry (false when none was asked for, the request was refused, or there is none)}. A request is charged
+-- only when every one of its limits allows it; the admissions are taken in order, each seeing the ones
+-- before. A lease is granted, beside the request's own cost, only while the limit has room for both: near a
+-- limit every request is counted here one by one.
 -- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -37,6 +40,11 @@ for _, w in ipairs(call[2]) do
 end
 
 local none = {}
+local function remaining(ahead, interval)
+  local left = math.floor((window - (ahead - now)) / interval + 0.000001)
+  if left < 0 then return 0 end
+  return left
+end
 local out = {}
 for r, a in ipairs(call[4]) do
   local plan = call[3][a[1]] or none
@@ -58,20 +66,31 @@ for r, a in ipairs(call[4]) do
       ahead = v
     end
     after[j] = next_tat
-    local remaining = math.floor((window - (ahead - now)) / interval + 0.000001)
-    if remaining < 0 then remaining = 0 end
-    row[3 * j - 1] = remaining
-    row[3 * j] = math.ceil(ahead - now)
-    row[3 * j + 1] = retry
+    row[4 * j - 2] = remaining(ahead, interval)
+    row[4 * j - 1] = math.ceil(ahead - now)
+    row[4 * j] = retry
+    row[4 * j + 1] = 0
   end
-  row[3 * n + 2] = false
+  row[4 * n + 2] = false
   if row[1] == 1 then
+    local leases = a[4]
     for j = 1, n do
+      local want = leases ~= 0 and leases[j] or 0
+      if want > 0 then
+        local interval = window / plan[3 * j - 1]
+        local leased_tat = after[j] + want * interval
+        if leased_tat - now <= window + 0.001 then
+          after[j] = leased_tat
+          row[4 * j - 2] = remaining(leased_tat, interval)
+          row[4 * j - 1] = math.ceil(leased_tat - now)
+          row[4 * j + 1] = want
+        end
+      end
       tat[plan[3 * j - 2]] = after[j]
       dirty[plan[3 * j - 2]] = true
     end
     if a[3] > 0 then
-      row[3 * n + 2] = redis.call('GET', KEYS[a[3]])
+      row[4 * n + 2] = redis.call('GET', KEYS[a[3]])
     end
   end
   out[r] = row

@@ -3,7 +3,8 @@
 Every gateway replica asks the same Redis, and one Lua script (``limits.lua``, called by EVALSHA)
 checks and charges all of a request's limits in one atomic step, so N replicas enforce one limit
 exactly: no read-then-write race, no per-replica share. The calls are batched, many requests to a call
-(:mod:`gateway.ledger`).
+(:mod:`gateway.ledger`), and a busy subject under large limits is admitted from a lease its replica took
+ahead, with no call at all (:mod:`gateway.leases`).
 
 The algorithm is GCRA (the generic cell rate algorithm, a leaky bucket kept as one number per limit,
 its "theoretical arrival time"). Why not a sliding window: a sliding log is exact but keeps one entry
@@ -45,6 +46,7 @@ from starlette.types import Scope
 from chat_common.errors import APIError
 from gateway.cache_entry import Recording
 from gateway.config import RateLimit
+from gateway.leases import Lease, LeaseBook, correct_locally
 from gateway.ledger import Ledger, LimitKey
 from gateway.redis_state import REDIS_ERRORS
 from gateway.tokens import estimate_messages, usage_total
@@ -92,19 +94,23 @@ _HEADER_NAMES = {
 
 class Plan:
     """The limits one subject (API key or client address) is under for one model, prepared once: what the
-    ledger charges, which of them count tokens, and how their headers are written."""
+    ledger charges, which of them count tokens, their leases (:mod:`gateway.leases`; empty: not leased), and
+    how their headers are written."""
 
-    __slots__ = ("by_kind", "limits", "states", "token_states")
+    __slots__ = ("admitted_at", "by_kind", "leases", "limits", "states", "token_leases", "token_states")
 
-    def __init__(self, limits: list[_Limit]) -> None:
+    def __init__(self, limits: list[_Limit], leases: tuple[Lease, ...] = ()) -> None:
         self.limits = limits
         self.states = tuple(limit.state for limit in limits)
         self.token_states = tuple(limit.state for limit in limits if limit.kind == "tokens")
+        self.leases = leases
+        self.token_leases = tuple(lease for lease in leases if lease.limit.tokens)
+        self.admitted_at = -math.inf  # when a request of this plan was last admitted through Redis
         # per kind present: (its limit's header, then the names of the remaining and reset headers, the index
         # of its remaining count in the script's row) for each of its limits
         self.by_kind = [
             [
-                ((names[0], b"%d" % limit.per_minute), names[1], names[2], 3 * i + 1)
+                ((names[0], b"%d" % limit.per_minute), names[1], names[2], 4 * i + 1)
                 for i, limit in enumerate(limits)
                 if limit.kind == kind
             ]
@@ -163,6 +169,7 @@ class Admission:
         "estimate",
         "finished",
         "headers",
+        "leases",
         "ledger",
         "recording",
         "token_states",
@@ -179,9 +186,11 @@ class Admission:
         cached: Any = None,
         *,
         finished: bool = False,
+        leases: tuple[Lease, ...] = (),
     ) -> None:
         self.ledger = ledger
         self.token_states = token_states
+        self.leases = leases  # of its token limits: its correction is made on them when they can take it
         self.estimate = estimate
         self.headers = headers or []
         self.cached = cached
@@ -220,6 +229,8 @@ class Admission:
             if entry is not None:
                 write = (self.recording.key, entry, self.recording.ttl_ms)
         units = (self.used or 0) - self.estimate if self.token_states else 0
+        if units and correct_locally(self.leases, units):
+            units = 0
         if units or write is not None:
             self.ledger.settle(self.token_states, units, write)
 
@@ -262,12 +273,14 @@ class Limiter:
         anonymous: RateLimit | None = None,
         failure: Literal["open", "closed"] = "open",
         prefix: str = "sb:rl:",
+        lease_s: float = 0.0,
     ) -> None:
         self.models = models
         self.anonymous = anonymous
         self.failure = failure
         self.prefix = prefix
         self.ledger: Ledger | None = None
+        self.leases = LeaseBook(lease_s)
         self._plans: dict[tuple[Any, ...], Plan | None] = {}
         self._warned = 0.0
 
@@ -290,7 +303,10 @@ class Limiter:
         )
         if len(self._plans) >= _MAX_PLANS:  # many client addresses: start over (a plan is cheap to make)
             self._plans.clear()
-        plan = self._plans[cache_key] = Plan(limits) if limits else None
+        plan = None
+        if limits:
+            plan = Plan(limits, self.leases.leases_for([limit.state for limit in limits]))
+        self._plans[cache_key] = plan
         return plan
 
     def limits(
@@ -331,16 +347,49 @@ class Limiter:
         ledger = self.ledger
         if ledger is None:
             return self._unavailable(limits, "no Redis is configured (GATEWAY_REDIS_URL)")
+        if plan is None:
+            try:
+                row = await ledger.admit((), tokens, cache_key)
+            except REDIS_ERRORS as exc:
+                return self._unavailable(limits, str(exc) or type(exc).__name__)
+            return Admission(ledger, (), tokens, None, row[-1])
+        book = self.leases
+        now = time.monotonic()
+        if plan.leases and book.take(plan, tokens, now):  # admitted here, from what this replica holds
+            return await self._leased(ledger, plan, tokens, cache_key, now)
+        wants = book.wants(plan, tokens, now) if plan.leases else None
         try:
-            row = await ledger.admit(plan.states if plan is not None else (), tokens, cache_key)
+            row = await ledger.admit(plan.states, tokens, cache_key, wants)
         except REDIS_ERRORS as exc:
             return self._unavailable(limits, str(exc) or type(exc).__name__)
-        if plan is None:
-            return Admission(ledger, (), tokens, None, row[-1])
-        headers = plan.headers(row)
+        finally:
+            if wants is not None:
+                book.answered(plan, wants)
         if not row[0]:
-            raise _refusal(limits, row, tokens, headers)
-        return Admission(ledger, plan.token_states, tokens, headers, row[-1])
+            raise _refusal(limits, row, tokens, plan.headers(row))
+        now = plan.admitted_at = time.monotonic()
+        if not plan.leases:
+            return Admission(ledger, plan.token_states, tokens, plan.headers(row), row[-1])
+        view = book.update(plan, row, now, ledger)
+        return Admission(ledger, plan.token_states, tokens, plan.headers(view), row[-1], leases=plan.token_leases)
+
+    async def _leased(self, ledger: Ledger, plan: Plan, tokens: int, cache_key: bytes | None, now: float) -> Admission:
+        """A request admitted from ``plan``'s leases; its cache entry (``cache_key``) read by itself."""
+        cached = None
+        if cache_key is not None:
+            try:
+                cached = (await ledger.admit((), 0, cache_key))[-1]
+            except REDIS_ERRORS as exc:
+                self._warn(f"response cache not read: Redis is unreachable ({exc or type(exc).__name__})")
+                cached = UNAVAILABLE
+        headers = plan.headers(self.leases.view(plan, now))
+        return Admission(ledger, plan.token_states, tokens, headers, cached, leases=plan.token_leases)
+
+    async def close(self) -> None:
+        """At shutdown: give the leases back, then send everything queued and wait for it."""
+        if self.ledger is not None:
+            self.leases.close(self.ledger)
+            await self.ledger.drain()
 
     def _unavailable(self, limits: list[_Limit], reason: str) -> Admission:
         if not limits:  # only the cache was asked: answered from the model, nothing stored
@@ -365,7 +414,7 @@ class Limiter:
 
 
 def _refusal(limits: list[_Limit], row: list[Any], tokens: int, headers: list[tuple[bytes, bytes]]) -> APIError:
-    refused = [(limit, int(row[3 * i + 3])) for i, limit in enumerate(limits) if row[3 * i + 3] > 0]
+    refused = [(limit, int(row[4 * i + 3])) for i, limit in enumerate(limits) if row[4 * i + 3] > 0]
     limit, retry_ms = max(refused, key=lambda v: v[1])
     fields = {name.decode(): value.decode() for name, value in headers}
     if limit.kind == "tokens" and tokens > limit.per_minute:

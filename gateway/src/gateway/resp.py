@@ -121,16 +121,25 @@ class FastConnection:
         protocol = self._protocol or await self._connect()
         return await self._send(protocol, command)
 
-    def send_now(self, command: bytes, receiver: Receiver) -> bool:
-        """Write ``command`` (in RESP, after anything queued) at once; its reply goes to ``receiver`` as soon
+    def send_now(self, command: bytes, *receivers: Receiver) -> bool:
+        """Write ``command`` (in RESP, after anything queued) at once; its reply goes to ``receivers[0]`` as soon
         as it is parsed (no future, no loop turn in between): for a caller that batched its own commands
-        (:mod:`gateway.ledger`). False when the connection is not open (then use :meth:`call_packed`, which
-        opens it)."""
+        (:mod:`gateway.ledger`). ``command`` may hold several commands, one per receiver, whose replies go to
+        them in order. False when the connection is not open (then use :meth:`call_packed`, which opens it)."""
         protocol = self._protocol
         if protocol is None:
             return False
-        self._queue(protocol, command, receiver, now=True)
+        loop = asyncio.get_running_loop()
+        self._outgoing.append(command)
+        self._flush()  # with what was queued before it; a flush scheduled for those finds nothing left
+        now = loop.time()
+        self.waiting.extend([(receiver, now) for receiver in receivers])
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout_s, self._check)
         return True
+
+    def is_open(self) -> bool:
+        return self._protocol is not None
 
     def _send(self, protocol: _Protocol, command: bytes) -> asyncio.Future[Any]:
         """Queue the command; the commands queued in one turn of the event loop go out in one write (one

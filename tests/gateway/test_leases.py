@@ -1,0 +1,274 @@
+"""Rate-limit leases (gateway.leases) against a real Redis (the session's private server, tests/conftest.py):
+what a busy replica takes ahead, admits from itself with no script call (Redis's own command counters say
+so), gives back when idle or at shutdown, and that replicas with leases never let more than the limit
+through. A limit's state is read back from Redis itself: the units it holds charged (GCRA's arrival time
+ahead of Redis's clock, divided by the limit's interval)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from chat_common.errors import APIError
+from gateway.api_keys import ApiKey
+from gateway.config import RateLimit
+from gateway.ledger import Ledger, LimitKey
+from gateway.limits import Admission, Limiter, Plan
+from gateway.resp import FastConnection, fast_connection_for
+from tests.gateway.fakes import chat, model_replica, running
+from scripts.local_redis import LocalRedis
+from tests.gateway.private_redis import gateway_on_redis
+
+KEY = ApiKey("k1", "test", None, None, None, None)  # no limits of its own: the model's apply to it
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Replica:
+    """One gateway replica's limits: a :class:`Limiter` with its own ledger on its own connection."""
+
+    def __init__(self, redis: Redis, prefix: str, limits: RateLimit, lease_s: float) -> None:
+        self.limiter = Limiter({"m": limits}, prefix=prefix, lease_s=lease_s)
+        fast = fast_connection_for(redis)
+        assert fast is not None
+        self.fast: FastConnection = fast
+        self.limiter.ledger = Ledger(redis, fast)
+        plan = self.limiter.plan(KEY, None, "m")
+        assert plan is not None
+        self.plan: Plan = plan
+
+    async def admit(self, tokens: int = 10) -> Admission | None:
+        try:
+            return await self.limiter.admit(self.plan, tokens)
+        except APIError as exc:
+            assert exc.status_code == 429
+            return None
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        self.fast.close()
+
+
+@pytest.fixture
+async def replicas(redis: Redis, redis_prefix: str) -> AsyncIterator[list[Replica]]:
+    made: list[Replica] = []
+    yield made
+    for replica in made:
+        await replica.close()
+
+
+async def script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def charged(redis: Redis, limit: LimitKey) -> float:
+    """The units ``limit`` holds charged in Redis now."""
+    seconds, micros = await redis.time()
+    now_ms = seconds * 1000 + micros / 1000
+    tat = await redis.get(limit.key)
+    return 0.0 if tat is None else max(float(tat) - now_ms, 0.0) / (60_000 / limit.per_minute)
+
+
+def remaining(admission: Admission) -> int:
+    return int(dict(admission.headers)[b"x-ratelimit-remaining-requests"])
+
+
+async def test_a_busy_subject_takes_a_lease_and_is_admitted_from_it_without_a_call(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600), lease_s=1.0))  # leases of 10
+    assert [lease.size for lease in one.plan.leases] == [10]
+    admissions = [await one.admit()]  # counted alone: the subject is not busy yet
+    before = await script_calls(redis)  # (after the connection's first call, which loads the script)
+    admissions += [await one.admit() for _ in range(11)]
+    # the second takes a lease of 10 beside itself: the next ten come from it
+    assert await script_calls(redis) - before == 1
+    assert one.plan.leases[0].units == 0
+    assert await charged(redis, one.plan.states[0]) == pytest.approx(12, abs=0.3)
+    # the client sees the limit count down one request at a time, as without a lease (a unit a 100 ms refills)
+    seen = [remaining(a) for a in admissions if a is not None]
+    assert len(seen) == 12 and all(abs(count - (599 - i)) <= 1 for i, count in enumerate(seen))
+    await one.admit()  # the lease is spent: the next request takes a new one
+    assert await script_calls(redis) - before == 2
+    assert one.plan.leases[0].units == 10
+
+
+async def test_requests_that_ask_at_the_same_time_take_one_lease_between_them(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600), lease_s=1.0))  # leases of 10
+    await one.admit()  # the subject is busy from now on
+    admitted = await asyncio.gather(*(one.admit() for _ in range(5)))  # all in one call, the lease empty
+    assert all(admitted)
+    lease = one.plan.leases[0]
+    assert (lease.units, lease.asked) == (10, 0)  # one lease of 10, not five
+    assert await charged(redis, one.plan.states[0]) == pytest.approx(1 + 5 + 10, abs=0.3)
+
+
+async def test_an_idle_lease_is_given_back_and_so_is_every_lease_at_shutdown(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=60), lease_s=6.0))  # leases of 6, 1/s refill
+    one.limiter.leases.return_after_s = 0.1
+    for _ in range(3):
+        await one.admit()
+    limit = one.plan.states[0]
+    assert await charged(redis, limit) == pytest.approx(3 + 5, abs=0.2)  # 3 used, 5 of the lease still held
+    await asyncio.sleep(0.4)  # idle: the sweep gives the 5 back in the ledger's next call
+    assert not one.limiter.leases._held
+    left = await charged(redis, limit)
+    assert left == pytest.approx(3, abs=0.6)  # (a unit a second refills)
+
+    replicas.append(two := Replica(redis, redis_prefix, RateLimit(rpm=60), lease_s=6.0))
+    await two.admit()
+    await two.admit()  # busy: a lease of 6 beside it
+    assert await charged(redis, limit) == pytest.approx(left + 2 + 6, abs=0.3)
+    await two.limiter.close()  # shutdown: the lease goes back before the ledger drains
+    assert await charged(redis, limit) == pytest.approx(left + 2, abs=0.3)
+
+
+async def test_token_corrections_of_leased_requests_are_made_on_the_lease(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    # leases of 1,000 tokens; 100 tokens a second refill
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=6_000), lease_s=10.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first, second = await one.admit(50), await one.admit(50)
+    assert first is not None and second is not None
+    before = await script_calls(redis)
+    third = await one.admit(50)
+    assert third is not None and third.leases  # from the lease
+    third.used = 80  # the answer used 30 more than its estimate
+    third.finish()
+    second.used = 20  # 30 less
+    second.finish()
+    await asyncio.sleep(0.05)
+    assert await script_calls(redis) == before  # nothing sent: both corrections taken by the lease
+    lease = one.plan.leases[0]
+    assert lease.units == 1000 - 50 - 30 + 30
+    first.used = 50
+    first.finish()
+    await one.limiter.close()
+    # in Redis: what the three answers used, less what refilled meanwhile
+    state = await charged(redis, one.plan.states[0])
+    refilled = (loop.time() - started) * 100
+    assert 50 + 20 + 80 - refilled - 2 <= state <= 50 + 20 + 80
+
+
+async def test_small_limits_are_never_leased(redis: Redis, redis_prefix: str, replicas: list[Replica]) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=60, tpm=100_000), lease_s=0.1))
+    assert one.plan.leases == ()  # 60 a minute: a tenth of a request in 0.1 s
+    before = await script_calls(redis)
+    for _ in range(5):
+        await one.admit()
+    assert await script_calls(redis) - before == 5
+
+
+async def test_a_lease_is_granted_only_where_it_fits_beside_the_request(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=12), lease_s=20))  # leases of 4
+    ledger, limits = one.limiter.ledger, one.plan.states
+    assert ledger is not None
+    for _ in range(7):
+        assert (await ledger.admit(limits, 1, None))[0] == 1
+    row = await ledger.admit(limits, 1, None, [4])  # 8 charged, and 4 more: 12 fits
+    assert (row[0], row[1], row[4]) == (1, 0, 4)
+    row = await ledger.admit(limits, 1, None, [4])  # the limit is reached: refused, nothing leased
+    assert (row[0], row[4]) == (0, 0)
+    assert await charged(redis, limits[0]) == pytest.approx(12, abs=0.1)
+
+
+async def test_a_client_that_leaves_before_its_admission_gives_its_lease_back(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600, tpm=600_000), lease_s=1.0))
+    ledger, limits = one.limiter.ledger, one.plan.states
+    assert ledger is not None
+    waiting = ledger.admit(limits, 100, None, [10, 10_000])
+    waiting.cancel()  # the client left while the call was out
+    await ledger.drain()
+    assert await charged(redis, limits[0]) == pytest.approx(1, abs=0.1)  # the request still counts
+    assert await charged(redis, limits[1]) == pytest.approx(0, abs=20)  # its tokens and both leases came back
+
+
+async def test_replicas_with_leases_never_let_more_than_the_limit_through(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    limit = 300
+    for _ in range(3):
+        replicas.append(Replica(redis, redis_prefix, RateLimit(rpm=limit), lease_s=2.0))  # leases of 10
+    before = await script_calls(redis)
+    started = asyncio.get_running_loop().time()
+
+    async def load(replica: Replica) -> int:
+        admitted = 0
+        for _ in range(40):  # 200 requests, 5 at a time: the subject is busy, leases come and go
+            results = await asyncio.gather(*(replica.admit() for _ in range(5)))
+            admitted += sum(result is not None for result in results)
+        return admitted
+
+    admitted = sum(await asyncio.gather(*(load(replica) for replica in replicas)))
+    elapsed = asyncio.get_running_loop().time() - started
+    calls = await script_calls(redis) - before
+    refill = elapsed * limit / 60
+    assert admitted <= limit + refill + 1  # never more than the limit, whatever the leases
+    assert admitted >= limit - 3 * 10  # at most each replica's lease held back unused
+    assert calls < 600 * 0.7  # leases were taken: fewer calls than requests
+    for replica in replicas:
+        await replica.limiter.close()
+    # every unit charged in Redis was used by an admitted request
+    state = await charged(redis, replicas[0].plan.states[0])
+    assert admitted - refill - 1 <= state <= admitted + 0.5
+
+
+async def test_requests_admitted_from_a_lease_carry_the_limit_headers(redis_url: str, redis_prefix: str) -> None:
+    replica = model_replica()
+    async with (
+        running(replica),
+        gateway_on_redis(
+            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"rpm": 6000}
+        ) as client,
+    ):
+        answers = [await client.post("/v1/chat/completions", content=chat()) for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 6
+    counts = [int(a.headers["x-ratelimit-remaining-requests"]) for a in answers]
+    assert all(abs(count - (5999 - i)) <= 1 for i, count in enumerate(counts)), counts
+    assert all(a.headers["x-ratelimit-limit-requests"] == "6000" for a in answers)
+
+
+async def test_when_redis_dies_a_held_lease_still_admits_then_the_failure_policy_applies(
+    private_redis: Callable[[], LocalRedis], redis_prefix: str
+) -> None:
+    replica = model_replica()
+    own = private_redis()
+    async with (
+        running(replica),
+        gateway_on_redis(
+            {"inference-gguf": [replica.url]},
+            own.url,
+            redis_prefix,
+            rate_limit_anonymous={"rpm": 2400},  # leases of 4 requests
+            redis_failure="closed",
+        ) as client,
+    ):
+        before = [await client.post("/v1/chat/completions", content=chat()) for _ in range(2)]  # the 2nd: a lease
+        assert own.process is not None
+        own.process.kill()
+        own.process.wait()
+        after = [await client.post("/v1/chat/completions", content=chat()) for _ in range(5)]
+    assert [a.status_code for a in before] == [200, 200]
+    # the 4 units held are this replica's to give: then Redis must be asked, and cannot be
+    assert [a.status_code for a in after] == [200, 200, 200, 200, 503]
+    assert after[-1].json()["error"]["code"] == "ratelimit_unavailable"
+    assert len(replica.chat_requests()) == 6
