@@ -18,8 +18,8 @@ from gateway.config import RateLimit
 from gateway.ledger import Ledger, LimitKey
 from gateway.limits import Admission, Limiter, Plan
 from gateway.resp import FastConnection, fast_connection_for
-from tests.gateway.fakes import chat, model_replica, running
 from scripts.local_redis import LocalRedis
+from tests.gateway.fakes import chat, model_replica, running
 from tests.gateway.private_redis import gateway_on_redis
 
 KEY = ApiKey("k1", "test", None, None, None, None)  # no limits of its own: the model's apply to it
