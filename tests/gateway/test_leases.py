@@ -143,26 +143,50 @@ async def test_token_corrections_of_leased_requests_are_made_on_the_lease(
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=6_000), lease_s=10.0))
     loop = asyncio.get_running_loop()
     started = loop.time()
-    first, second = await one.admit(50), await one.admit(50)
-    assert first is not None and second is not None
+    first, second = await one.admit(50), await one.admit(50)  # the second takes a lease beside it
+    assert first is not None and second is not None and not second.leases  # (admitted in Redis)
     before = await script_calls(redis)
-    third = await one.admit(50)
-    assert third is not None and third.leases  # from the lease
+    third, fourth = await one.admit(50), await one.admit(50)
+    assert third is not None and third.leases and fourth is not None  # from the lease
     third.used = 80  # the answer used 30 more than its estimate
     third.finish()
-    second.used = 20  # 30 less
-    second.finish()
+    fourth.used = 20  # 30 less
+    fourth.finish()
     await asyncio.sleep(0.05)
     assert await script_calls(redis) == before  # nothing sent: both corrections taken by the lease
     lease = one.plan.leases[0]
-    assert lease.units == 1000 - 50 - 30 + 30
-    first.used = 50
+    assert lease.units == 1000 - 50 - 30 - 50 + 30
+    first.used, second.used = 50, 50
     first.finish()
+    second.finish()
     await one.limiter.close()
-    # in Redis: what the three answers used, less what refilled meanwhile
+    # in Redis: what the four answers used, less what refilled meanwhile
     state = await charged(redis, one.plan.states[0])
     refilled = (loop.time() - started) * 100
-    assert 50 + 20 + 80 - refilled - 2 <= state <= 50 + 20 + 80
+    assert 50 + 50 + 80 + 20 - refilled - 2 <= state <= 50 + 50 + 80 + 20
+
+
+async def test_a_lease_is_one_block_whose_units_pass_with_time(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    # 60,000 tokens a minute: a token's slot every ms; leases of 100 tokens
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0.1))
+    replicas.append(other := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0))
+    await one.admit(10)
+    await one.admit(10)  # a lease of 100 beside it: the limit's last 100 slots, ending about 120 ms ahead
+    lease = one.plan.leases[0]
+    now_ms = asyncio.get_running_loop().time() * 1000
+    assert lease.usable(now_ms) == 100
+    assert 65 <= lease.usable(now_ms + 50) <= 70  # the block's first slots have passed: gone, used or not
+    assert lease.usable(now_ms + 200) == 0
+    await asyncio.sleep(0.2)  # the block has passed; the limit is whole again
+    assert not one.limiter.leases.take(one.plan, 10, asyncio.get_running_loop().time())
+    loop = asyncio.get_running_loop()
+    charged_at = loop.time()
+    await other.admit(5_000)  # another replica charges the limit
+    await one.limiter.close()  # gives back nothing: giving back passed slots would let 100 more through
+    state = await charged(redis, one.plan.states[0])
+    assert 5_000 - (loop.time() - charged_at) * 1000 - 2 <= state <= 5_000
 
 
 async def test_small_limits_are_never_leased(redis: Redis, redis_prefix: str, replicas: list[Replica]) -> None:
@@ -174,18 +198,21 @@ async def test_small_limits_are_never_leased(redis: Redis, redis_prefix: str, re
     assert await script_calls(redis) - before == 5
 
 
-async def test_a_lease_is_granted_only_where_it_fits_beside_the_request(
+async def test_leases_are_granted_only_where_they_all_fit_beside_the_request(
     redis: Redis, redis_prefix: str, replicas: list[Replica]
 ) -> None:
-    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=12), lease_s=20))  # leases of 4
+    # leases of 4 requests and 20,000 tokens
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=12, tpm=60_000), lease_s=20))
     ledger, limits = one.limiter.ledger, one.plan.states
     assert ledger is not None
-    for _ in range(7):
+    for _ in range(6):
         assert (await ledger.admit(limits, 1, None))[0] == 1
-    row = await ledger.admit(limits, 1, None, [4])  # 8 charged, and 4 more: 12 fits
-    assert (row[0], row[1], row[4]) == (1, 0, 4)
-    row = await ledger.admit(limits, 1, None, [4])  # the limit is reached: refused, nothing leased
-    assert (row[0], row[4]) == (0, 0)
+    row = await ledger.admit(limits, 1, None, [10, 100])  # 7 requests, and 10 more do not fit: no lease at all
+    assert (row[0], row[4], row[8]) == (1, 0, 0)
+    row = await ledger.admit(limits, 1, None, [4, 100])  # 8 charged, and 4 more: 12 fits, and so do the tokens
+    assert (row[0], row[1], row[4], row[8]) == (1, 0, 4, 100)
+    row = await ledger.admit(limits, 1, None, [4, 100])  # the limit is reached: refused, nothing leased
+    assert (row[0], row[4], row[8]) == (0, 0, 0)
     assert await charged(redis, limits[0]) == pytest.approx(12, abs=0.1)
 
 
@@ -272,3 +299,16 @@ async def test_when_redis_dies_a_held_lease_still_admits_then_the_failure_policy
     assert [a.status_code for a in after] == [200, 200, 200, 200, 503]
     assert after[-1].json()["error"]["code"] == "ratelimit_unavailable"
     assert len(replica.chat_requests()) == 6
+
+
+async def test_a_lease_granted_while_the_gateway_shuts_down_goes_straight_back(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600), lease_s=1.0))  # leases of 10
+    await one.admit()  # busy: the next request asks for a lease
+    asking = asyncio.create_task(one.admit())
+    await asyncio.sleep(0)  # its admission is queued, with a lease asked for
+    await one.limiter.close()  # shutdown meanwhile
+    assert await asking is not None  # admitted, without the lease
+    assert one.plan.leases[0].units == 0 and not one.limiter.leases._held
+    assert await charged(redis, one.plan.states[0]) == pytest.approx(2, abs=0.2)

@@ -19,7 +19,8 @@ concurrency 32 the gateway spent about a third of its CPU on them and their syst
   one); other replicas see them within ``settle_delay_s`` (plus a round trip).
 
 A call with no limit to charge or correct (cache lookups of requests admitted from a lease, or under no limit,
-and cache entries to store) is sent as plain ``MGET``/``SET`` commands, pipelined, instead of the script.
+and cache entries to store) is sent as plain ``MGET``/``SET`` commands, pipelined, instead of the script, when
+the lean connection is open (through redis-py, under TLS, the script does it).
 
 A reply goes straight to its call's requests as soon as the connection has parsed it (``_Call`` is the
 connection's receiver: no future, no loop turn in between). The script is atomic and takes a call's
@@ -152,6 +153,7 @@ class Ledger:
         self._scheduled = False  # a flush at the end of this loop turn
         self._script = None if fast is not None else redis.register_script(_SCRIPT)
         self._write_reply = _WriteReply(self)
+        self.closing = False  # shutting down: leases granted are given back at once (gateway.leases)
         self._warned = 0.0
 
     def admit(
@@ -329,21 +331,26 @@ class Ledger:
             logger.error("the limits script answered %s to a call of %d admissions", got, len(call.admissions))
             self._fail(call, ResponseError("the limits script's answer does not match its call"))
             return
-        for (limits, tokens, _, _, future), row in zip(call.admissions, rows, strict=True):
-            if not future.done():
-                future.set_result(row)
-            elif row[0] == 1:  # admitted, but its client left meanwhile: no answer, no tokens, no lease used
+        for (limits, tokens, _, leases, future), row in zip(call.admissions, rows, strict=True):
+            gone = future.done()
+            if row[0] == 1 and (gone or (leases and self.closing)):
+                # admitted, but its client left meanwhile (no answer, no tokens used), or the gateway is shutting
+                # down: no lease used
                 for j, limit in enumerate(limits):
-                    units = row[4 * j + 4] + (tokens if limit.tokens else 0)
+                    units = row[4 * j + 4] + (tokens if gone and limit.tokens else 0)
+                    row[4 * j + 4] = 0
                     if units:
                         self.settle((limit,), -units)
+            if not gone:
+                future.set_result(row)
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         for *_, future in call.admissions:
             if not future.done():
                 future.set_exception(error)
         if call.settles:
-            self._warn(f"token usage not corrected, answers not cached: Redis: {error or type(error).__name__}")
+            what = "answers not cached" if call.plain else "token usage not corrected, answers not cached"
+            self._warn(f"{what}: Redis: {error or type(error).__name__}")
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

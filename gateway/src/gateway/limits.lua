@@ -6,13 +6,14 @@
 --   write: [key, ttl_ms, argv]: SET KEYS[key] to ARGV[argv] for ttl_ms (a cache entry);
 --   plan: per limit key, per_minute, tokens (true: a request costs its tokens, false: 1): a set of limits;
 --   admission: [plan (0: none), tokens, cache key (0: none), leases (0: none)]: charge one request; leases:
---   per limit of its plan, units to take ahead for the gateway to hand out itself (gateway/leases.py).
+--   per limit of its plan, units to take ahead for the gateway to hand out itself (gateway/leases.py), all
+--   of them or none.
 -- Keys are indexes into KEYS, plans into the plans. Settlements and writes come first: admissions see them.
 -- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, leased, then the cache
 -- entry (false when none was asked for, the request was refused, or there is none)}. A request is charged
 -- only when every one of its limits allows it; the admissions are taken in order, each seeing the ones
--- before. A lease is granted, beside the request's own cost, only while the limit has room for both: near a
--- limit every request is counted here one by one.
+-- before. Leases are granted, beside the request's own cost, only while every limit has room for both: near
+-- a limit every request is counted here one by one.
 -- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -74,18 +75,24 @@ for r, a in ipairs(call[4]) do
   row[4 * n + 2] = false
   if row[1] == 1 then
     local leases = a[4]
-    for j = 1, n do
-      local want = leases ~= 0 and leases[j] or 0
-      if want > 0 then
-        local interval = window / plan[3 * j - 1]
-        local leased_tat = after[j] + want * interval
-        if leased_tat - now <= window + 0.001 then
-          after[j] = leased_tat
-          row[4 * j - 2] = remaining(leased_tat, interval)
-          row[4 * j - 1] = math.ceil(leased_tat - now)
+    if leases ~= 0 then -- every lease asked for, or none: the gateway admits a request from all its limits' leases
+      local fits = true
+      for j = 1, n do
+        local want = leases[j] or 0
+        if after[j] + want * window / plan[3 * j - 1] - now > window + 0.001 then fits = false end
+      end
+      if fits then
+        for j = 1, n do
+          local want = leases[j] or 0
+          local interval = window / plan[3 * j - 1]
+          after[j] = after[j] + want * interval
+          row[4 * j - 2] = remaining(after[j], interval)
+          row[4 * j - 1] = math.ceil(after[j] - now)
           row[4 * j + 1] = want
         end
       end
+    end
+    for j = 1, n do
       tat[plan[3 * j - 2]] = after[j]
       dirty[plan[3 * j - 2]] = true
     end

@@ -122,10 +122,10 @@ class FastConnection:
         return await self._send(protocol, command)
 
     def send_now(self, command: bytes, *receivers: Receiver) -> bool:
-        """Write ``command`` (in RESP, after anything queued) at once; its reply goes to ``receivers[0]`` as soon
-        as it is parsed (no future, no loop turn in between): for a caller that batched its own commands
-        (:mod:`gateway.ledger`). ``command`` may hold several commands, one per receiver, whose replies go to
-        them in order. False when the connection is not open (then use :meth:`call_packed`, which opens it)."""
+        """Write ``command`` (in RESP, after anything queued) at once: for a caller that batched its own commands
+        (:mod:`gateway.ledger`). ``command`` holds one command per receiver; each reply goes to its receiver,
+        in order, as soon as it is parsed (no future, no loop turn in between). False when the connection is
+        not open (then use :meth:`call_packed`, which opens it)."""
         protocol = self._protocol
         if protocol is None:
             return False
