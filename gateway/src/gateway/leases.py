@@ -16,7 +16,7 @@ replicas, 0.5 % of a limit), until they are used, given back or passed.
 
 When a lease is taken, and when not:
 
-* only for a subject that is busy here (an admission through Redis in the last :data:`BUSY_S`), so one
+* only for a subject that is busy here (a request admitted in the last :data:`BUSY_S`), so one
   request now and then never takes a lease and never needs one given back;
 * for all of a request's limits or none (``limits.lua`` grants them together: a request is admitted from
   the leases of all its limits), and only when each is worth taking: at least :data:`MIN_REQUESTS` requests'
@@ -142,12 +142,15 @@ class LeaseBook:
         for lease in plan.leases:
             lease.units -= tokens if lease.limit.tokens else 1
             lease.used_at = now
+        plan.admitted_at = now
         return True
 
     def put_back(self, plan: Plan, tokens: int) -> None:
-        """Undo :meth:`take` (the request never went on)."""
+        """Undo :meth:`take` (the request never went on), on the leases still held (a lease given back meanwhile
+        has its units counted already: what the request had taken stays charged, a little under the limit)."""
         for lease in plan.leases:
-            lease.units += tokens if lease.limit.tokens else 1
+            if lease.held:
+                lease.units += tokens if lease.limit.tokens else 1
 
     def wants(self, plan: Plan, tokens: int, now: float, ledger: Ledger) -> list[int] | None:
         """A request ``plan``'s leases could not admit goes to Redis; this says what to ask for beside it: a new

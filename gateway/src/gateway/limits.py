@@ -106,7 +106,7 @@ class Plan:
         self.token_states = tuple(limit.state for limit in limits if limit.kind == "tokens")
         self.leases = leases
         self.token_leases = tuple(lease for lease in leases if lease.limit.tokens)
-        self.admitted_at = -math.inf  # when a request of this plan was last admitted through Redis
+        self.admitted_at = -math.inf  # when a request of this plan was last admitted
         # per kind present: (its limit's header, then the names of the remaining and reset headers, the index
         # of its remaining count in the script's row) for each of its limits
         self.by_kind = [
