@@ -312,3 +312,24 @@ async def test_a_lease_granted_while_the_gateway_shuts_down_goes_straight_back(
     assert await asking is not None  # admitted, without the lease
     assert one.plan.leases[0].units == 0 and not one.limiter.leases._held
     assert await charged(redis, one.plan.states[0]) == pytest.approx(2, abs=0.2)
+
+
+async def test_redis_gives_back_only_the_units_of_a_lease_whose_slots_are_still_ahead(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    # 60,000 tokens a minute: a token's slot every ms
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0))
+    ledger, limit = one.limiter.ledger, one.plan.states[0]
+    assert ledger is not None
+    await one.admit(5_000)  # the limit's state: 5 s ahead
+    seconds, micros = await redis.time()
+    redis_now = seconds * 1000 + micros // 1000
+    ledger.give_back(limit, 100, redis_now - 10)  # a block that ended before now: nothing to give back
+    await ledger.drain()
+    before = await charged(redis, limit)
+    assert before == pytest.approx(5_000, abs=50)
+    ledger.give_back(limit, 100, redis_now + 300)  # a block ending 300 ms from then: all 100 still ahead
+    ledger.give_back(limit, 500, redis_now + 300)  # 500 units, of which about 300 minus the time since are ahead
+    await ledger.drain()
+    after = await charged(redis, limit)
+    assert 100 + 230 <= before - after <= 100 + 300 + 40  # (and a token a ms refilled between the readings)

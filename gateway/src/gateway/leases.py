@@ -9,8 +9,10 @@ them, in process, with no call at all.
 A lease is a reservation of the limit's next slots (GCRA: one slot every 60/L seconds), charged in Redis
 when it is taken. As time passes the limit refills from the front and the block's slots pass: a unit whose
 slot has passed is gone, used or not (:meth:`Lease.usable`), since using or giving back a unit the limit has
-already refilled would let more than the limit through. So a limit is never exceeded, whatever the number
-of replicas, and a lease lasts at most ``lease_s``. What leases can cost is the other way: units one replica
+already refilled would let more than the limit through. The gateway counts a block as ending a little
+before it does in Redis (measured from when it asked, :meth:`LeaseBook.update`), and a give-back names the
+block's end, so the script gives back only the units still ahead when it runs (``Ledger.give_back``). So a
+request limit is never exceeded, whatever the number of replicas, and a lease lasts at most ``lease_s``. What leases can cost is the other way: units one replica
 holds while another is refused, at most one lease per limit per replica (with the default 0.1 s and three
 replicas, 0.5 % of a limit), until they are used, given back or passed.
 
@@ -44,7 +46,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.ledger import Ledger, LimitKey
+from gateway.ledger import Ledger, LimitKey, lease_end
 
 if TYPE_CHECKING:
     from gateway.limits import Plan
@@ -67,7 +69,18 @@ class Lease:
     used or not: using it, or giving it back, would let through more than the limit. So only the units whose
     slots are still ahead count (:meth:`usable`)."""
 
-    __slots__ = ("asked", "held", "interval_ms", "limit", "size", "tat_ms", "units", "until_ms", "used_at")
+    __slots__ = (
+        "asked",
+        "held",
+        "interval_ms",
+        "limit",
+        "redis_until_ms",
+        "size",
+        "tat_ms",
+        "units",
+        "until_ms",
+        "used_at",
+    )
 
     def __init__(self, limit: LimitKey, size: int) -> None:
         self.limit = limit
@@ -75,6 +88,7 @@ class Lease:
         self.interval_ms = _WINDOW_MS / limit.per_minute
         self.units = 0
         self.until_ms = 0.0
+        self.redis_until_ms = 0  # the same end in Redis's time, for giving units back (Ledger.give_back)
         self.asked = 0  # units asked for in calls not answered yet
         self.tat_ms = 0.0
         self.held = False  # a block was taken and not given back yet
@@ -172,15 +186,19 @@ class LeaseBook:
         for lease in plan.leases:
             lease.asked = 0
 
-    def update(self, plan: Plan, row: list[Any], now: float, ledger: Ledger) -> list[Any]:
+    def update(self, plan: Plan, row: list[Any], asked_at: float, now: float, ledger: Ledger) -> list[Any]:
         """Take in an admitted request's row (``limits.lua``): the blocks leased, the limits' state; the row of
-        the request's headers as this replica now sees the limits."""
+        the request's headers as this replica now sees the limits. ``asked_at``: when the admission was asked
+        for, before the script ran. The row says how far ahead of Redis's clock the limit's state is (rounded
+        up to a millisecond); counted from ``asked_at``, less that millisecond, a block ends no later here than
+        it does in Redis, so no unit is used after its slot has passed, however long the call took."""
         for j, lease in enumerate(plan.leases):
-            lease.tat_ms = now * 1000 + row[4 * j + 2]
+            lease.tat_ms = asked_at * 1000 + row[4 * j + 2] - 1
             leased = row[4 * j + 4]
             if leased:
                 lease.units = leased
                 lease.until_ms = lease.tat_ms  # the block is the last of the limit's slots
+                lease.redis_until_ms = lease_end(row, j)
                 lease.held = True
                 lease.used_at = now
                 self._held.add(lease)
@@ -203,9 +221,8 @@ class LeaseBook:
             self._give_back(lease, now * 1000, ledger)
 
     def _give_back(self, lease: Lease, now_ms: float, ledger: Ledger) -> None:
-        usable = lease.usable(now_ms) if lease.held else 0
-        if usable:
-            ledger.settle((lease.limit,), -usable)
+        if lease.held and lease.usable(now_ms):  # Redis gives back those still ahead when the call runs
+            ledger.give_back(lease.limit, lease.units, lease.redis_until_ms)
         lease.units = 0
         lease.held = False
         self._held.discard(lease)

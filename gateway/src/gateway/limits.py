@@ -359,6 +359,7 @@ class Limiter:
         now = time.monotonic()
         if plan.leases and book.take(plan, tokens, now):  # admitted here, from what this replica holds
             return await self._leased(ledger, plan, tokens, cache_key, now)
+        asked_at = now
         wants = book.wants(plan, tokens, now, ledger) if plan.leases else None
         try:
             row = await ledger.admit(plan.states, tokens, cache_key, wants)
@@ -372,7 +373,7 @@ class Limiter:
         now = plan.admitted_at = time.monotonic()
         if not plan.leases:
             return Admission(ledger, plan.token_states, tokens, plan.headers(row), row[-1])
-        view = book.update(plan, row, now, ledger)
+        view = book.update(plan, row, asked_at, now, ledger)
         return Admission(ledger, plan.token_states, tokens, plan.headers(view), row[-1])
 
     async def _leased(self, ledger: Ledger, plan: Plan, tokens: int, cache_key: bytes | None, now: float) -> Admission:
