@@ -66,9 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
             fast = fast_connection_for(redis) if redis is not None else None
             if fast is not None:
                 stack.callback(fast.close)
-            if redis is not None:  # at shutdown, leases, queued corrections and answers go out before it closes
+            if redis is not None:  # at shutdown, queued corrections and answers go out before the connection closes
                 app.state.limiter.ledger = Ledger(redis, fast)
-                stack.push_async_callback(app.state.limiter.close)
+                stack.push_async_callback(app.state.limiter.ledger.drain)
             app.state.api_keys = KeyStore(redis, settings.redis_prefix, fast=fast) if redis is not None else None
             if app.state.api_keys is not None and file_keys is not None:
                 try:

@@ -48,7 +48,7 @@ from redis.exceptions import ResponseError
 from gateway.redis_state import REDIS_ERRORS
 from gateway.resp import FastConnection, Receiver, pack_bytes
 
-__all__ = ["SETTLE_DELAY_S", "Ledger", "LimitKey", "lease_end"]
+__all__ = ["SETTLE_DELAY_S", "Ledger", "LimitKey"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,6 @@ class LimitKey:
     key: bytes
     per_minute: int
     tokens: bool
-
-
-def lease_end(row: list[Any], j: int) -> int:
-    """When the block leased on limit ``j`` of an admission's row ends, in ms of Redis time: no later than it
-    does (the row's clock is rounded down and its distance up, each by under a millisecond)."""
-    return int(row[-2]) + int(row[4 * j + 2]) - 1
 
 
 _Admission = tuple[Sequence[LimitKey], int, bytes | None, Sequence[int] | None, "asyncio.Future[list[Any]]"]
@@ -150,7 +144,6 @@ class Ledger:
         self.max_admissions = max_admissions
         self._admissions: list[_Admission] = []
         self._settlements: dict[int, list[Any]] = {}  # id(limits) -> [limits, units]
-        self._returns: list[tuple[LimitKey, int, int]] = []  # leases given back: limit, units, until (Redis ms)
         self._writes: dict[bytes, tuple[bytes, int]] = {}
         self._write_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -160,7 +153,6 @@ class Ledger:
         self._scheduled = False  # a flush at the end of this loop turn
         self._script = None if fast is not None else redis.register_script(_SCRIPT)
         self._write_reply = _WriteReply(self)
-        self.closing = False  # shutting down: leases granted are given back at once (gateway.leases)
         self._warned = 0.0
 
     def admit(
@@ -201,19 +193,7 @@ class Ledger:
             key, value, ttl_ms = write
             self._writes[key] = (value, ttl_ms)
             self._write_bytes += len(value)
-        self._queued()
-
-    def give_back(self, limit: LimitKey, units: int, until_ms: int) -> None:
-        """Queue the give-back of ``units`` of a lease on ``limit`` (:mod:`gateway.leases`) for the next call:
-        the script gives back only those whose slots are still ahead then (the lease's block ends at
-        ``until_ms``, Redis time), however late the call goes out."""
-        if units > 0:
-            self._returns.append((limit, -units, until_ms))
-            self._queued()
-
-    def _queued(self) -> None:
-        """Settlements were queued: make sure they go out, with the next call or by themselves."""
-        if not (self._settlements or self._writes or self._returns):
+        if not (self._settlements or self._writes):
             return
         if self._write_bytes >= MAX_WRITE_BYTES:
             self._flush()
@@ -231,7 +211,7 @@ class Ledger:
 
     def pending(self) -> bool:
         """Whether anything is queued or in flight."""
-        return bool(self._admissions or self._settlements or self._writes or self._returns or self._in_flight)
+        return bool(self._admissions or self._settlements or self._writes or self._in_flight)
 
     def _turn_ended(self) -> None:
         self._scheduled = False
@@ -253,17 +233,11 @@ class Ledger:
             self._timer = None
         admissions, self._admissions = self._admissions, []
         settlements, self._settlements = self._settlements, {}
-        returns, self._returns = self._returns, []
         writes, self._writes = self._writes, {}
         self._write_bytes = 0
-        if not (admissions or settlements or returns or writes):
+        if not (admissions or settlements or writes):
             return
-        if (
-            not (settlements or returns)
-            and self.fast is not None
-            and self.fast.is_open()
-            and not any(a[0] for a in admissions)
-        ):
+        if not settlements and self.fast is not None and self.fast.is_open() and not any(a[0] for a in admissions):
             self._send_plain(admissions, writes)
             return
         keys: dict[bytes, int] = {}  # each key once, numbered from 1 (KEYS of the script)
@@ -273,10 +247,6 @@ class Ledger:
                 slot = (limit.key, limit.per_minute)
                 moved[slot] = moved.get(slot, 0) + units
         settled = [[keys.setdefault(k, len(keys) + 1), pm, units] for (k, pm), units in moved.items() if units]
-        settled += [
-            [keys.setdefault(limit.key, len(keys) + 1), limit.per_minute, units, until]
-            for limit, units, until in returns
-        ]
         values: list[bytes] = []
         written = []
         for key, (value, ttl_ms) in writes.items():
@@ -360,19 +330,11 @@ class Ledger:
             logger.error("the limits script answered %s to a call of %d admissions", got, len(call.admissions))
             self._fail(call, ResponseError("the limits script's answer does not match its call"))
             return
-        for (limits, tokens, _, leases, future), row in zip(call.admissions, rows, strict=True):
-            gone = future.done()
-            if row[0] == 1 and (gone or (leases and self.closing)):
-                # admitted, but its client left meanwhile (no answer, no tokens used), or the gateway is shutting
-                # down: no lease used
-                for j, limit in enumerate(limits):
-                    if row[4 * j + 4]:
-                        self.give_back(limit, row[4 * j + 4], lease_end(row, j))
-                        row[4 * j + 4] = 0
-                    if gone and limit.tokens and tokens:
-                        self.settle((limit,), -tokens)
-            if not gone:
+        for (limits, tokens, _, _, future), row in zip(call.admissions, rows, strict=True):
+            if not future.done():
                 future.set_result(row)
+            elif row[0] == 1 and tokens:  # admitted, but its client left meanwhile: no answer, no tokens used
+                self.settle([limit for limit in limits if limit.tokens], -tokens)  # (a lease taken passes unused)
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         for *_, future in call.admissions:

@@ -2,20 +2,18 @@
 -- Redis work (what it queued while its previous call was out), in one atomic call.
 -- KEYS: every key the call touches (limit states and cache entries), each once.
 -- ARGV[1]: JSON [settlements, writes, plans, admissions]; ARGV[2..]: the values of the writes.
---   settlement: [key, per_minute, units, until]: move a limit by a signed number of units (a token correction);
---   with until (a lease given back: its block of slots ends then, in ms of Redis time), at most the units whose
---   slots are still ahead;
+--   settlement: [key, per_minute, units]: move a limit by a signed number of units (a token correction);
 --   write: [key, ttl_ms, argv]: SET KEYS[key] to ARGV[argv] for ttl_ms (a cache entry);
 --   plan: per limit key, per_minute, tokens (true: a request costs its tokens, false: 1): a set of limits;
 --   admission: [plan (0: none), tokens, cache key (0: none), leases (0: none)]: charge one request; leases:
---   per limit of its plan, units to take ahead for the gateway to hand out itself (gateway/leases.py), all
---   of them or none.
+--   per limit of its plan, units to take ahead for the gateway to hand out itself (gateway/leases.py; 0: none
+--   for that limit), all of those asked for or none.
 -- Keys are indexes into KEYS, plans into the plans. Settlements and writes come first: admissions see them.
--- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, leased, then Redis's time
--- in ms (rounded down), then the cache entry (false when none was asked for, the request was refused, or there
--- is none)}. A request is charged only when every one of its limits allows it; the admissions are taken in
--- order, each seeing the ones before. Leases are granted, beside the request's own cost, only while every limit
--- has room for both: near a limit every request is counted here one by one.
+-- Returns one row per admission: {allowed, per limit: remaining, reset_ms, retry_ms, leased, then the cache
+-- entry (false when none was asked for, the request was refused, or there is none)}. A request is charged only
+-- when every one of its limits allows it; the admissions are taken in order, each seeing the ones before.
+-- Leases are granted, beside the request's own cost, only while each limit asked has room for both: near a
+-- limit every request is counted here one by one.
 -- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -34,13 +32,7 @@ local function state(i)
 end
 
 for _, s in ipairs(call[1]) do
-  local units = s[3]
-  if s[4] then -- a lease given back: only the units whose slots, the block's last, are still ahead of now
-    local ahead = math.floor((s[4] - now) * s[2] / window)
-    if ahead < 0 then ahead = 0 end
-    if -units > ahead then units = -ahead end
-  end
-  tat[s[1]] = state(s[1]) + units * window / s[2]
+  tat[s[1]] = state(s[1]) + s[3] * window / s[2]
   dirty[s[1]] = true
 end
 
@@ -80,11 +72,10 @@ for r, a in ipairs(call[4]) do
     row[4 * j] = retry
     row[4 * j + 1] = 0
   end
-  row[4 * n + 2] = math.floor(now)
-  row[4 * n + 3] = false
+  row[4 * n + 2] = false
   if row[1] == 1 then
     local leases = a[4]
-    if leases ~= 0 then -- every lease asked for, or none: the gateway admits a request from all its limits' leases
+    if leases ~= 0 then -- every lease asked for, or none
       local fits = true
       for j = 1, n do
         local want = leases[j] or 0
@@ -106,7 +97,7 @@ for r, a in ipairs(call[4]) do
       dirty[plan[3 * j - 2]] = true
     end
     if a[3] > 0 then
-      row[4 * n + 3] = redis.call('GET', KEYS[a[3]])
+      row[4 * n + 2] = redis.call('GET', KEYS[a[3]])
     end
   end
   out[r] = row

@@ -34,7 +34,6 @@ the log, ``X-Switchboard-Ratelimit: unavailable`` on the answer), ``closed`` ans
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -304,7 +303,7 @@ class Limiter:
         )
         if len(self._plans) >= _MAX_PLANS:  # many client addresses: start over (a plan is cheap to make)
             self._plans.clear()
-            self.leases.forget_idle()  # no plan refers to them any more
+            self.leases.forget()  # no plan refers to them any more
         plan = None
         if limits:
             plan = Plan(limits, self.leases.leases_for([limit.state for limit in limits]))
@@ -360,7 +359,7 @@ class Limiter:
         if plan.leases and book.take(plan, tokens, now):  # admitted here, from what this replica holds
             return await self._leased(ledger, plan, tokens, cache_key, now)
         asked_at = now
-        wants = book.wants(plan, tokens, now, ledger) if plan.leases else None
+        wants = book.wants(plan, tokens, now) if plan.leases else None
         try:
             row = await ledger.admit(plan.states, tokens, cache_key, wants)
         except REDIS_ERRORS as exc:
@@ -373,7 +372,7 @@ class Limiter:
         now = plan.admitted_at = time.monotonic()
         if not plan.leases:
             return Admission(ledger, plan.token_states, tokens, plan.headers(row), row[-1])
-        view = book.update(plan, row, asked_at, now, ledger)
+        view = book.update(plan, row, asked_at, now)
         return Admission(ledger, plan.token_states, tokens, plan.headers(view), row[-1])
 
     async def _leased(self, ledger: Ledger, plan: Plan, tokens: int, cache_key: bytes | None, now: float) -> Admission:
@@ -385,18 +384,8 @@ class Limiter:
             except REDIS_ERRORS as exc:
                 self._warn(f"response cache not read: Redis is unreachable ({exc or type(exc).__name__})")
                 cached = UNAVAILABLE
-            except asyncio.CancelledError:  # the client left: the request never goes on
-                self.leases.put_back(plan, tokens)
-                raise
         headers = plan.headers(self.leases.view(plan, now))
         return Admission(ledger, plan.token_states, tokens, headers, cached, leases=plan.token_leases)
-
-    async def close(self) -> None:
-        """At shutdown: give the leases back, then send everything queued and wait for it."""
-        if self.ledger is not None:
-            self.leases.close(self.ledger)
-            self.ledger.closing = True  # leases granted from now on go straight back
-            await self.ledger.drain()
 
     def _unavailable(self, limits: list[_Limit], reason: str) -> Admission:
         if not limits:  # only the cache was asked: answered from the model, nothing stored
