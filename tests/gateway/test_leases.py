@@ -103,16 +103,18 @@ async def test_a_busy_subject_takes_a_lease_and_is_admitted_from_it_without_a_ca
     assert one.plan.leases[0].units == 10
 
 
-async def test_requests_that_ask_at_the_same_time_take_one_lease_between_them(
+async def test_requests_the_lease_cannot_admit_wait_for_the_one_asking_for_a_new_block(
     redis: Redis, redis_prefix: str, replicas: list[Replica]
 ) -> None:
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600), lease_s=1.0))  # leases of 10
     await one.admit()  # the subject is busy from now on
-    admitted = await asyncio.gather(*(one.admit() for _ in range(5)))  # all in one call, the lease empty
+    before = await script_calls(redis)
+    admitted = await asyncio.gather(*(one.admit() for _ in range(5)))  # at once, the lease empty
     assert all(admitted)
+    assert await script_calls(redis) - before == 1  # one asks, in Redis; four wait for its lease
     lease = one.plan.leases[0]
-    assert (lease.units, lease.asked) == (10, 0)  # one lease of 10, not five
-    assert await charged(redis, one.plan.states[0]) == pytest.approx(1 + 5 + 10, abs=0.3)
+    assert (lease.units, lease.asked) == (10 - 4, None)  # one lease of 10, not five
+    assert await charged(redis, one.plan.states[0]) == pytest.approx(1 + 1 + 10, abs=0.3)
 
 
 async def test_token_corrections_of_leased_requests_are_made_on_the_lease(

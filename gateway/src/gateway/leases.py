@@ -28,8 +28,9 @@ When a lease is taken, and when not:
   beside the request (``limits.lua``): near a limit every request is counted in Redis, by every replica,
   exactly. A limit whose lease still covers the request keeps it (the request is then counted in Redis on
   that limit too, beside the others: a request is admitted from all of its limits' leases or none);
-* one request asking for a limit's lease at a time; a new block replaces what is left of the old one (less
-  than one request's cost).
+* one request asking for a limit's lease at a time (the requests the leases cannot admit meanwhile wait for
+  its answer and try them again); a new block replaces what is left of the old one (less than one request's
+  cost).
 
 Token corrections of requests admitted from a lease (the real usage against the estimate) are made on the
 lease when it can take them: what the answer used more comes out of the block's usable units, what it used
@@ -40,6 +41,7 @@ view: the limit's state in Redis when it last asked, plus what it still holds.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -55,6 +57,7 @@ __all__ = ["BUSY_S", "MIN_REQUESTS", "Lease", "LeaseBook", "correct_locally"]
 BUSY_S = 1.0
 MIN_REQUESTS = 4
 _WINDOW_MS = 60_000.0
+_NOT_REFUSED = (0, 0)  # a row's retry_ms and leased, for a request admitted from a lease
 
 
 class Lease:
@@ -63,24 +66,27 @@ class Lease:
     Both are on this process's monotonic clock, in ms. Only the units whose slots are still ahead count
     (:meth:`usable`)."""
 
-    __slots__ = ("asked", "interval_ms", "limit", "size", "tat_ms", "units", "until_ms")
+    __slots__ = ("asked", "interval_ms", "limit", "size", "tat_ms", "tokens", "units", "until_ms")
 
     def __init__(self, limit: LimitKey, size: int) -> None:
         self.limit = limit
+        self.tokens = limit.tokens  # a request costs its tokens (else 1)
         self.size = size  # units taken at a time
         self.interval_ms = _WINDOW_MS / limit.per_minute
         self.units = 0
         self.until_ms = 0.0
-        self.asked = False  # a request is asking for a new block
+        self.asked: asyncio.Future[Any] | None = None  # the admission asking for a new block, while it is out
         self.tat_ms = 0.0
 
     def usable(self, now_ms: float) -> int:
         """The units held whose slots are still ahead (the units held are the block's last slots)."""
         return min(self.units, max(math.floor((self.until_ms - now_ms) / self.interval_ms), 0))
 
-    def view(self, now_ms: float) -> tuple[int, int]:
-        """Remaining units and milliseconds until the limit is whole again, as this replica sees them."""
-        ahead = max(self.tat_ms - self.usable(now_ms) * self.interval_ms - now_ms, 0.0)
+    def view(self, now_ms: float, usable: int | None = None) -> tuple[int, int]:
+        """Remaining units and milliseconds until the limit is whole again, as this replica sees them (holding
+        ``usable`` units: by default, what it holds)."""
+        held = self.usable(now_ms) if usable is None else usable
+        ahead = max(self.tat_ms - held * self.interval_ms - now_ms, 0.0)
         return max(math.floor((_WINDOW_MS - ahead) / self.interval_ms + 1e-6), 0), math.ceil(ahead)
 
 
@@ -125,22 +131,34 @@ class LeaseBook:
         held passes unused."""
         self._leases = {}
 
-    def take(self, plan: Plan, tokens: int, now: float) -> bool:
-        """Admit one request of ``tokens`` from ``plan``'s leases, all or nothing."""
+    def take(self, plan: Plan, tokens: int, now: float) -> list[Any] | None:
+        """Admit one request of ``tokens`` from ``plan``'s leases, all or nothing: the row of its headers (the
+        limits as this replica sees them, :meth:`view`), or None. The hot path: each lease looked at once."""
         now_ms = now * 1000
+        left = []
         for lease in plan.leases:
-            if lease.usable(now_ms) < (tokens if lease.limit.tokens else 1):
-                return False
-        for lease in plan.leases:
-            lease.units -= tokens if lease.limit.tokens else 1
+            cost = tokens if lease.tokens else 1
+            usable = lease.units
+            slots = (lease.until_ms - now_ms) / lease.interval_ms
+            if slots < usable:
+                usable = int(slots)
+            if usable < cost or cost <= 0:
+                return None
+            left.append(usable - cost)
+        row: list[Any] = [1]
+        for lease, usable in zip(plan.leases, left, strict=True):
+            lease.units -= tokens if lease.tokens else 1
+            row += lease.view(now_ms, usable)
+            row += _NOT_REFUSED
         plan.admitted_at = now
-        return True
+        row.append(None)
+        return row
 
     def wants(self, plan: Plan, tokens: int, now: float) -> list[int] | None:
         """A request ``plan``'s leases could not admit goes to Redis; this says what to ask for beside it: a
         block for each limit whose lease cannot cover it (and no other request is asking for), or None (the
-        subject is not busy here, or a lease would not cover enough requests). Call :meth:`answered` with the
-        result once the admission is answered, whatever the answer."""
+        subject is not busy here, or a lease would not cover enough requests). Call :meth:`asking` with the
+        admission's future once it is asked for, :meth:`answered` once it is answered, whatever the answer."""
         if now - plan.admitted_at > BUSY_S:
             return None
         now_ms = now * 1000
@@ -149,18 +167,27 @@ class LeaseBook:
             cost = tokens if lease.limit.tokens else 1
             if lease.size < MIN_REQUESTS * cost:
                 return None
-            wants.append(lease.size if lease.usable(now_ms) < cost and not lease.asked else 0)
-        if not any(wants):
-            return None
+            wants.append(lease.size if lease.usable(now_ms) < cost and lease.asked is None else 0)
+        return wants if any(wants) else None
+
+    def asking(self, plan: Plan, wants: list[int], admission: asyncio.Future[Any]) -> None:
         for lease, want in zip(plan.leases, wants, strict=True):
             if want:
-                lease.asked = True
-        return wants
+                lease.asked = admission
 
     def answered(self, plan: Plan, wants: list[int]) -> None:
         for lease, want in zip(plan.leases, wants, strict=True):
             if want:
-                lease.asked = False
+                lease.asked = None
+
+    def renewal(self, plan: Plan) -> asyncio.Future[Any] | None:
+        """The admission out asking for a new block of one of ``plan``'s leases, if any: a request the leases
+        cannot admit meanwhile waits for it and tries them again, instead of a call of its own (when a block
+        passes, every request in flight would otherwise go to Redis at once)."""
+        for lease in plan.leases:
+            if lease.asked is not None:
+                return lease.asked
+        return None
 
     def update(self, plan: Plan, row: list[Any], asked_at: float, now: float) -> list[Any]:
         """Take in an admitted request's row (``limits.lua``): the blocks leased, the limits' state; the row of

@@ -34,6 +34,7 @@ the log, ``X-Switchboard-Ratelimit: unavailable`` on the answer), ``closed`` ans
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -356,12 +357,24 @@ class Limiter:
             return Admission(ledger, (), tokens, None, row[-1])
         book = self.leases
         now = time.monotonic()
-        if plan.leases and book.take(plan, tokens, now):  # admitted here, from what this replica holds
-            return await self._leased(ledger, plan, tokens, cache_key, now)
+        if plan.leases:
+            view = book.take(plan, tokens, now)
+            if view is None and (renewal := book.renewal(plan)) is not None:
+                await asyncio.wait((renewal,))  # another request is asking for new blocks: wait, try again
+                now = time.monotonic()
+                view = book.take(plan, tokens, now)
+            if view is not None:  # admitted here, from what this replica holds
+                leased = Admission(ledger, plan.token_states, tokens, plan.headers(view), leases=plan.token_leases)
+                if cache_key is not None:
+                    leased.cached = await self._cache_entry(ledger, cache_key)
+                return leased
         asked_at = now
         wants = book.wants(plan, tokens, now) if plan.leases else None
         try:
-            row = await ledger.admit(plan.states, tokens, cache_key, wants)
+            asked = ledger.admit(plan.states, tokens, cache_key, wants)
+            if wants is not None:
+                book.asking(plan, wants, asked)
+            row = await asked
         except REDIS_ERRORS as exc:
             return self._unavailable(limits, str(exc) or type(exc).__name__)
         finally:
@@ -375,17 +388,14 @@ class Limiter:
         view = book.update(plan, row, asked_at, now)
         return Admission(ledger, plan.token_states, tokens, plan.headers(view), row[-1])
 
-    async def _leased(self, ledger: Ledger, plan: Plan, tokens: int, cache_key: bytes | None, now: float) -> Admission:
-        """A request admitted from ``plan``'s leases; its cache entry (``cache_key``) read by itself."""
-        cached = None
-        if cache_key is not None:
-            try:
-                cached = (await ledger.admit((), 0, cache_key))[-1]
-            except REDIS_ERRORS as exc:
-                self._warn(f"response cache not read: Redis is unreachable ({exc or type(exc).__name__})")
-                cached = UNAVAILABLE
-        headers = plan.headers(self.leases.view(plan, now))
-        return Admission(ledger, plan.token_states, tokens, headers, cached, leases=plan.token_leases)
+    async def _cache_entry(self, ledger: Ledger, cache_key: bytes) -> Any:
+        """The cache entry of a request admitted from leases, read by itself (:data:`UNAVAILABLE`: Redis could not
+        be asked)."""
+        try:
+            return (await ledger.admit((), 0, cache_key))[-1]
+        except REDIS_ERRORS as exc:
+            self._warn(f"response cache not read: Redis is unreachable ({exc or type(exc).__name__})")
+            return UNAVAILABLE
 
     def _unavailable(self, limits: list[_Limit], reason: str) -> Admission:
         if not limits:  # only the cache was asked: answered from the model, nothing stored
