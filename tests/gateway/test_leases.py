@@ -75,8 +75,8 @@ async def charged(redis: Redis, limit: LimitKey) -> float:
     """The units ``limit`` holds charged in Redis now."""
     seconds, micros = await redis.time()
     now_ms = seconds * 1000 + micros / 1000
-    tat = await redis.get(limit.key)
-    return 0.0 if tat is None else max(float(tat) - now_ms, 0.0) / (60_000 / limit.per_minute)
+    state = await redis.get(limit.key)  # its TAT, then ":" and where its last lease ends (limits.lua)
+    return 0.0 if state is None else max(float(state.split(b":")[0]) - now_ms, 0.0) / (60_000 / limit.per_minute)
 
 
 def remaining(admission: Admission) -> int:
@@ -153,21 +153,59 @@ async def test_a_lease_is_one_block_whose_units_pass_with_time(
 ) -> None:
     # 60,000 tokens a minute: a token's slot every ms; leases of 100 tokens
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0.1))
-    replicas.append(other := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0))
     await one.admit(10)
-    await one.admit(10)  # a lease of 100 beside it: the limit's last 100 slots, ending about 120 ms ahead
+    await one.admit(10)  # a lease of 100 beside it: the limit's last 100 slots
     lease = one.plan.leases[0]
-    now_ms = asyncio.get_running_loop().time() * 1000
-    assert lease.usable(now_ms) == 100
-    assert 65 <= lease.usable(now_ms + 50) <= 70  # the block's first slots have passed: gone, used or not
-    assert lease.usable(now_ms + 200) == 0
-    await asyncio.sleep(0.2)  # the block has passed; the limit is whole again
-    assert not one.limiter.leases.take(one.plan, 10, asyncio.get_running_loop().time())
+    end = lease.until_ms
+    assert lease.usable(end - 200) == 100  # every slot of the block still ahead
+    assert lease.usable(end - 50.5) == 50  # the first half has passed: gone, used or not
+    assert lease.usable(end + 1) == 0
+    assert one.limiter.leases.take(one.plan, 10, (end + 1) / 1000) is None
+
+
+async def test_a_refund_never_frees_the_slots_of_a_block_leased_after_it(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    # 60,000 tokens a minute: a token's slot every ms; leases of 100 tokens
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0.1))
+    replicas.append(other := Replica(redis, redis_prefix, RateLimit(tpm=60_000), lease_s=0))
     loop = asyncio.get_running_loop()
-    charged_at = loop.time()
-    await other.admit(5_000)  # another replica charges the limit: the whole of it is there to take
+    started = loop.time()
+    big = await other.admit(5_000)  # another replica's request: its estimate charged
+    await one.admit(10)
+    await one.admit(10)  # a lease of 100 beside it: the block ends about 5,120 ms ahead
+    assert big is not None
+    big.used = 0  # the other request used nothing: its 5,000 go back ...
+    big.finish()
+    assert other.limiter.ledger is not None
+    await other.limiter.ledger.drain()
+    # ... but not past the end of the block leased since, which the first replica still hands out
     state = await charged(redis, one.plan.states[0])
-    assert 5_000 - (loop.time() - charged_at) * 1000 - 2 <= state <= 5_000
+    assert 5_120 - (loop.time() - started) * 1000 - 2 <= state <= 5_120
+
+
+async def test_a_correction_of_an_earlier_block_goes_to_redis_not_to_the_next_block(
+    redis: Redis, redis_prefix: str, replicas: list[Replica]
+) -> None:
+    # leases of 1,000 tokens
+    replicas.append(one := Replica(redis, redis_prefix, RateLimit(tpm=6_000), lease_s=10.0))
+    await one.admit(50)
+    await one.admit(50)  # the first block
+    early = await one.admit(50)
+    assert early is not None and early.leases
+    lease = one.plan.leases[0]
+    lease.units = 10  # most of it used meanwhile: the next request needs a new block
+    await one.admit(50)  # asks for a second block
+    await one.admit(50)
+    await one.admit(50)  # from it
+    assert lease.block == 2 and lease.units == 900
+    before = await script_calls(redis)
+    early.used = 10  # used 40 less than its estimate, from the first block
+    early.finish()
+    assert lease.units == 900  # not added to the second block
+    assert one.limiter.ledger is not None
+    await one.limiter.ledger.drain()
+    assert await script_calls(redis) - before == 1  # sent to Redis instead
 
 
 async def test_small_limits_are_never_leased(redis: Redis, redis_prefix: str, replicas: list[Replica]) -> None:
@@ -197,7 +235,7 @@ async def test_leases_are_granted_only_where_they_all_fit_beside_the_request(
     assert await charged(redis, limits[0]) == pytest.approx(12, abs=0.1)
 
 
-async def test_a_client_that_leaves_before_its_admission_gets_its_tokens_back(
+async def test_a_client_that_leaves_before_its_admission_leaves_its_lease_to_pass(
     redis: Redis, redis_prefix: str, replicas: list[Replica]
 ) -> None:
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600, tpm=600_000), lease_s=1.0))
@@ -206,9 +244,10 @@ async def test_a_client_that_leaves_before_its_admission_gets_its_tokens_back(
     waiting = ledger.admit(limits, 100, None, [10, 10_000])
     waiting.cancel()  # the client left while the call was out
     await ledger.drain()
-    # the request still counts, its tokens come back; the leases taken pass unused (never given back)
+    # the request still counts; the leases taken pass unused (never given back), and so its tokens cannot come
+    # back either: they lie before the block leased with them (a token every 0.1 ms refills meanwhile)
     assert await charged(redis, limits[0]) == pytest.approx(1 + 10, abs=0.2)
-    assert await charged(redis, limits[1]) == pytest.approx(10_000, abs=60)
+    assert await charged(redis, limits[1]) == pytest.approx(100 + 10_000, abs=60)
 
 
 async def test_replicas_with_leases_never_let_more_than_the_limit_through(
@@ -262,7 +301,8 @@ async def test_when_redis_dies_a_held_lease_still_admits_then_the_failure_policy
             {"inference-gguf": [replica.url]},
             own.url,
             redis_prefix,
-            rate_limit_anonymous={"rpm": 2400},  # leases of 4 requests
+            rate_limit_anonymous={"rpm": 120},  # leases of 4 requests lasting 2 s
+            rate_limit_lease_s=2.0,
             redis_failure="closed",
         ) as client,
     ):

@@ -257,8 +257,8 @@ class Settings(BaseSettings):
         le=5,
         description="Seconds of a large limit's rate a busy replica takes ahead from Redis and admits from "
         "itself, without a Redis call per request (gateway/leases.py): a limit of L a minute, L * this / 60 "
-        "units, usable for at most this long. Leases never let more through than the limit; a replica may hold "
-        "up to that many units another could have used. A subject is leased only when each of its limits is "
+        "units. Leases never let more through than the limit; a replica may hold up to that many units another "
+        "could have used, until they are used or their slots pass. A subject is leased only when each of its limits is "
         "worth at least 4 requests; 0: every limited request asks Redis.",
     )
     redis_failure: Literal["open", "closed"] = Field(

@@ -10,12 +10,14 @@ A lease is a block of the limit's next slots (GCRA: a slot every 60/L seconds), 
 taken. As time passes the limit refills from the front and the block's slots pass: a unit whose slot has
 passed is gone, used or not (:meth:`Lease.usable`), since using it would let more than the limit through.
 The gateway counts a block as ending a little before it does in Redis (measured from when it asked,
-:meth:`LeaseBook.update`). Nothing is ever given back: giving units back moves the limit's state back, and
-with it every block granted after them, to other replicas too, which could then use slots that have passed.
-So leases never let more through than the limit, whatever the number of replicas, and a lease lasts at most
-``lease_s``. What they cost is the other way: units a replica holds that another could have used, at most a
-lease per limit per replica (with the default 0.1 s and three replicas, 0.5 % of a limit), for at most
-``lease_s`` (then they pass, unused).
+:meth:`LeaseBook.update`). Nothing is ever given back, and Redis never lets a refund (a token estimate given
+back) move the limit's state before the end of the last block leased on it (``limits.lua``): either would
+pull the blocks leased since back with it, and the replicas holding them could hand out slots the limit
+counts as free again. So leases never let more through than the limit, whatever the number of replicas.
+What they cost is the other way: units a replica holds that another could have used (at most a lease per
+limit per replica: with the default 0.1 s and three replicas, 0.5 % of a limit) until they are used or their
+slots pass (within ``lease_s`` when the limit is little used; when it is nearly full, the block lies further
+ahead, up to a minute), and refunds lost to that rule.
 
 When a lease is taken, and when not:
 
@@ -33,10 +35,11 @@ When a lease is taken, and when not:
   cost).
 
 Token corrections of requests admitted from a lease (the real usage against the estimate) are made on the
-lease when it can take them: what the answer used more comes out of the block's usable units, what it used
-less goes back to the block (never past its size), so the block's units used and held never exceed its
-slots. The ``x-ratelimit-remaining-*`` and ``-reset-*`` headers of a subject with leases are this replica's
-view: the limit's state in Redis when it last asked, plus what it still holds.
+lease when it still holds the block they were taken from and can take them: what the answer used more comes
+out of the block's usable units, what it used less goes back to the block (never past its size), so the
+block's units used and held never exceed its slots. Other corrections go to Redis. The
+``x-ratelimit-remaining-*`` and ``-reset-*`` headers of a subject with leases are this replica's view: the
+limit's state in Redis when it last asked, plus what it still holds.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class Lease:
     Both are on this process's monotonic clock, in ms. Only the units whose slots are still ahead count
     (:meth:`usable`)."""
 
-    __slots__ = ("asked", "interval_ms", "limit", "size", "tat_ms", "tokens", "units", "until_ms")
+    __slots__ = ("asked", "block", "interval_ms", "limit", "size", "tat_ms", "tokens", "units", "until_ms")
 
     def __init__(self, limit: LimitKey, size: int) -> None:
         self.limit = limit
@@ -75,6 +78,7 @@ class Lease:
         self.interval_ms = _WINDOW_MS / limit.per_minute
         self.units = 0
         self.until_ms = 0.0
+        self.block = 0  # which block it holds: one more with each new one
         self.asked: asyncio.Future[Any] | None = None  # the admission asking for a new block, while it is out
         self.tat_ms = 0.0
 
@@ -90,15 +94,15 @@ class Lease:
         return max(math.floor((_WINDOW_MS - ahead) / self.interval_ms + 1e-6), 0), math.ceil(ahead)
 
 
-def correct_locally(leases: Sequence[Lease], units: int) -> bool:
-    """Apply a token correction (``units``: used minus estimated) of a request admitted from the leases of its
-    token limits to them, if they can all take it (what it used more among the usable units, what it used less
-    within the block's size); False: it goes to Redis instead."""
+def correct_locally(leases: Sequence[Lease], blocks: Sequence[int], units: int) -> bool:
+    """Apply a token correction (``units``: used minus estimated) of a request admitted from the ``blocks`` of the
+    leases of its token limits to them, if they still hold those blocks and can all take it (what it used more
+    among the usable units, what it used less within the block's size); False: it goes to Redis instead."""
     if not leases:
         return False
     now_ms = time.monotonic() * 1000
-    for lease in leases:
-        if lease.usable(now_ms) < units if units > 0 else lease.units - units > lease.size:
+    for lease, block in zip(leases, blocks, strict=True):
+        if lease.block != block or (lease.usable(now_ms) < units if units > 0 else lease.units - units > lease.size):
             return False
     for lease in leases:
         lease.units -= units
@@ -157,8 +161,9 @@ class LeaseBook:
     def wants(self, plan: Plan, tokens: int, now: float) -> list[int] | None:
         """A request ``plan``'s leases could not admit goes to Redis; this says what to ask for beside it: a
         block for each limit whose lease cannot cover it (and no other request is asking for), or None (the
-        subject is not busy here, or a lease would not cover enough requests). Call :meth:`asking` with the
-        admission's future once it is asked for, :meth:`answered` once it is answered, whatever the answer."""
+        subject is not busy here, a lease would not cover enough requests, or no lease needs a block). Call
+        :meth:`asking` with the admission's future once it is asked for, :meth:`answered` once it is answered,
+        whatever the answer."""
         if now - plan.admitted_at > BUSY_S:
             return None
         now_ms = now * 1000
@@ -201,6 +206,7 @@ class LeaseBook:
             if leased:
                 lease.units = leased  # what was left of the old block (less than a request) passes unused
                 lease.until_ms = lease.tat_ms  # the block is the last of the limit's slots
+                lease.block += 1
         return self.view(plan, now)
 
     def view(self, plan: Plan, now: float) -> list[Any]:

@@ -14,25 +14,43 @@
 -- when every one of its limits allows it; the admissions are taken in order, each seeing the ones before.
 -- Leases are granted, beside the request's own cost, only while each limit asked has room for both: near a
 -- limit every request is counted here one by one.
--- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now.
+-- State per limit: GCRA's theoretical arrival time (TAT), in ms of Redis time, kept only while ahead of now,
+-- with the end of the last block leased on the limit.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window = 60000
 local call = cjson.decode(ARGV[1])
 local tat = {}
+local lend = {} -- per limit key: where the last block leased on it ends (a TAT), while it is ahead
 local dirty = {}
 
+-- A limit's value: its TAT, then ':' and where its last lease ends, while that is ahead of now.
 local function state(i)
   local v = tat[i]
   if v == nil then
-    v = tonumber(redis.call('GET', KEYS[i])) or now
+    local raw = redis.call('GET', KEYS[i])
+    v = now
+    if raw then
+      local sep = string.find(raw, ':', 1, true)
+      if sep then
+        v = tonumber(string.sub(raw, 1, sep - 1)) or now
+        lend[i] = tonumber(string.sub(raw, sep + 1))
+      else
+        v = tonumber(raw) or now
+      end
+    end
   end
   if v < now then v = now end
   return v
 end
 
+-- A correction that gives units back never moves a limit's TAT before the end of a block leased on it: the
+-- gateway holding that block would hand out slots the limit counts as free again.
 for _, s in ipairs(call[1]) do
-  tat[s[1]] = state(s[1]) + s[3] * window / s[2]
+  local v = state(s[1]) + s[3] * window / s[2]
+  local floor = lend[s[1]]
+  if s[3] < 0 and floor and v < floor then v = floor end
+  tat[s[1]] = v
   dirty[s[1]] = true
 end
 
@@ -86,6 +104,7 @@ for r, a in ipairs(call[4]) do
           local want = leases[j] or 0
           local interval = window / plan[3 * j - 1]
           after[j] = after[j] + want * interval
+          if want > 0 then lend[plan[3 * j - 2]] = after[j] end
           row[4 * j - 2] = remaining(after[j], interval)
           row[4 * j - 1] = math.ceil(after[j] - now)
           row[4 * j + 1] = want
@@ -106,7 +125,10 @@ end
 for i in pairs(dirty) do
   local v = tat[i]
   if v > now then
-    redis.call('SET', KEYS[i], tostring(v), 'PX', math.ceil(v - now) + 1000)
+    local value = tostring(v)
+    local e = lend[i]
+    if e and e > now then value = value .. ':' .. tostring(e) end
+    redis.call('SET', KEYS[i], value, 'PX', math.ceil(v - now) + 1000)
   else
     redis.call('DEL', KEYS[i])
   end

@@ -2,9 +2,10 @@
 
 Every gateway replica asks the same Redis, and one Lua script (``limits.lua``, called by EVALSHA)
 checks and charges all of a request's limits in one atomic step, so N replicas enforce one limit
-exactly: no read-then-write race, no per-replica share. The calls are batched, many requests to a call
-(:mod:`gateway.ledger`), and a busy subject under large limits is admitted from a lease its replica took
-ahead, with no call at all (:mod:`gateway.leases`).
+exactly: no read-then-write race, no fixed per-replica share. The calls are batched, many requests to a
+call (:mod:`gateway.ledger`), and a busy subject under large limits is admitted from a lease its replica
+took ahead, with no call at all (:mod:`gateway.leases`: a share taken from the one limit in Redis, never
+more than it).
 
 The algorithm is GCRA (the generic cell rate algorithm, a leaky bucket kept as one number per limit,
 its "theoretical arrival time"). Why not a sliding window: a sliding log is exact but keeps one entry
@@ -166,6 +167,7 @@ class Admission:
     finds the usage chunk, and the cache's recording checks for an error only at the end."""
 
     __slots__ = (
+        "blocks",
         "cached",
         "estimate",
         "finished",
@@ -192,6 +194,7 @@ class Admission:
         self.ledger = ledger
         self.token_states = token_states
         self.leases = leases  # of its token limits: its correction is made on them when they can take it
+        self.blocks = tuple([lease.block for lease in leases])  # the blocks it was admitted from
         self.estimate = estimate
         self.headers = headers or []
         self.cached = cached
@@ -230,7 +233,7 @@ class Admission:
             if entry is not None:
                 write = (self.recording.key, entry, self.recording.ttl_ms)
         units = (self.used or 0) - self.estimate if self.token_states else 0
-        if units and correct_locally(self.leases, units):
+        if units and correct_locally(self.leases, self.blocks, units):
             units = 0
         if units or write is not None:
             self.ledger.settle(self.token_states, units, write)
