@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Message
 from gateway.api_keys import KeyStore
 from gateway.app import Gateway
 from gateway.config import Settings
+from scripts.local_redis import LocalRedis
+from tests.gateway.fakes import Replica, running
 
 
 async def create_key(redis_url: str, prefix: str, name: str, **limits: Any) -> str:
@@ -75,3 +77,20 @@ async def asgi_post(app: ASGIApp, path: str, body: bytes) -> tuple[dict[str, str
     start = next(m for m in messages if m["type"] == "http.response.start")
     headers = {k.decode(): v.decode() for k, v in start["headers"]}
     return headers, [m["body"] for m in messages if m["type"] == "http.response.body" and m.get("body")]
+
+
+@asynccontextmanager
+async def gateway_for(
+    replica: Replica, redis_url: str, prefix: str, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """:func:`gateway_on_redis` in front of one scripted model ``replica``, running meanwhile."""
+    services = {"inference-gguf": [replica.url]}
+    async with running(replica), gateway_on_redis(services, redis_url, prefix, **settings) as client:
+        yield client
+
+
+def kill(redis: LocalRedis) -> None:
+    """Kill a test's own Redis outright (a Redis that dies mid-run)."""
+    assert redis.process is not None
+    redis.process.kill()
+    redis.process.wait()

@@ -19,8 +19,8 @@ from gateway.ledger import Ledger, LimitKey
 from gateway.limits import Admission, Limiter, Plan
 from gateway.resp import FastConnection, fast_connection_for
 from scripts.local_redis import LocalRedis
-from tests.gateway.fakes import chat, model_replica, running
-from tests.gateway.private_redis import gateway_on_redis
+from tests.gateway.fakes import chat, model_replica
+from tests.gateway.private_redis import gateway_for, kill
 
 KEY = ApiKey("k1", "test", None, None, None, None)  # no limits of its own: the model's apply to it
 
@@ -45,6 +45,11 @@ class Replica:
         assert plan is not None
         self.plan: Plan = plan
 
+    @property
+    def ledger(self) -> Ledger:
+        assert self.limiter.ledger is not None
+        return self.limiter.ledger
+
     async def admit(self, tokens: int = 10) -> Admission | None:
         try:
             return await self.limiter.admit(self.plan, tokens)
@@ -53,8 +58,7 @@ class Replica:
             return None
 
     async def close(self) -> None:
-        assert self.limiter.ledger is not None
-        await self.limiter.ledger.drain()
+        await self.ledger.drain()
         self.fast.close()
 
 
@@ -140,8 +144,7 @@ async def test_token_corrections_of_leased_requests_are_made_on_the_lease(
     first.used, second.used = 50, 50
     first.finish()
     second.finish()
-    assert one.limiter.ledger is not None
-    await one.limiter.ledger.drain()
+    await one.ledger.drain()
     # in Redis: the two requests admitted there and the lease, less what refilled meanwhile
     state = await charged(redis, one.plan.states[0])
     refilled = (loop.time() - started) * 100
@@ -177,8 +180,7 @@ async def test_a_refund_never_frees_the_slots_of_a_block_leased_after_it(
     assert big is not None
     big.used = 0  # the other request used nothing: its 5,000 go back ...
     big.finish()
-    assert other.limiter.ledger is not None
-    await other.limiter.ledger.drain()
+    await other.ledger.drain()
     # ... but not past the end of the block leased since, which the first replica still hands out
     state = await charged(redis, one.plan.states[0])
     assert 5_120 - (loop.time() - started) * 1000 - 2 <= state <= 5_120
@@ -203,8 +205,7 @@ async def test_a_correction_of_an_earlier_block_goes_to_redis_not_to_the_next_bl
     early.used = 10  # used 40 less than its estimate, from the first block
     early.finish()
     assert lease.units == 900  # not added to the second block
-    assert one.limiter.ledger is not None
-    await one.limiter.ledger.drain()
+    await one.ledger.drain()
     assert await script_calls(redis) - before == 1  # sent to Redis instead
 
 
@@ -222,8 +223,7 @@ async def test_leases_are_granted_only_where_they_all_fit_beside_the_request(
 ) -> None:
     # leases of 4 requests and 20,000 tokens
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=12, tpm=60_000), lease_s=20))
-    ledger, limits = one.limiter.ledger, one.plan.states
-    assert ledger is not None
+    ledger, limits = one.ledger, one.plan.states
     for _ in range(6):
         assert (await ledger.admit(limits, 1, None))[0] == 1
     row = await ledger.admit(limits, 1, None, [10, 100])  # 7 requests, and 10 more do not fit: no lease at all
@@ -239,8 +239,7 @@ async def test_a_client_that_leaves_before_its_admission_leaves_its_lease_to_pas
     redis: Redis, redis_prefix: str, replicas: list[Replica]
 ) -> None:
     replicas.append(one := Replica(redis, redis_prefix, RateLimit(rpm=600, tpm=600_000), lease_s=1.0))
-    ledger, limits = one.limiter.ledger, one.plan.states
-    assert ledger is not None
+    ledger, limits = one.ledger, one.plan.states
     waiting = ledger.admit(limits, 100, None, [10, 10_000])
     waiting.cancel()  # the client left while the call was out
     await ledger.drain()
@@ -276,13 +275,7 @@ async def test_replicas_with_leases_never_let_more_than_the_limit_through(
 
 
 async def test_requests_admitted_from_a_lease_carry_the_limit_headers(redis_url: str, redis_prefix: str) -> None:
-    replica = model_replica()
-    async with (
-        running(replica),
-        gateway_on_redis(
-            {"inference-gguf": [replica.url]}, redis_url, redis_prefix, rate_limit_anonymous={"rpm": 6000}
-        ) as client,
-    ):
+    async with gateway_for(model_replica(), redis_url, redis_prefix, rate_limit_anonymous={"rpm": 6000}) as client:
         answers = [await client.post("/v1/chat/completions", content=chat()) for _ in range(6)]
     assert [a.status_code for a in answers] == [200] * 6
     counts = [int(a.headers["x-ratelimit-remaining-requests"]) for a in answers]
@@ -295,21 +288,11 @@ async def test_when_redis_dies_a_held_lease_still_admits_then_the_failure_policy
 ) -> None:
     replica = model_replica()
     own = private_redis()
-    async with (
-        running(replica),
-        gateway_on_redis(
-            {"inference-gguf": [replica.url]},
-            own.url,
-            redis_prefix,
-            rate_limit_anonymous={"rpm": 120},  # leases of 4 requests lasting 2 s
-            rate_limit_lease_s=2.0,
-            redis_failure="closed",
-        ) as client,
-    ):
+    # leases of 4 requests lasting 2 s
+    limits = {"rate_limit_anonymous": {"rpm": 120}, "rate_limit_lease_s": 2.0, "redis_failure": "closed"}
+    async with gateway_for(replica, own.url, redis_prefix, **limits) as client:
         before = [await client.post("/v1/chat/completions", content=chat()) for _ in range(2)]  # the 2nd: a lease
-        assert own.process is not None
-        own.process.kill()
-        own.process.wait()
+        kill(own)
         after = [await client.post("/v1/chat/completions", content=chat()) for _ in range(5)]
     assert [a.status_code for a in before] == [200, 200]
     # the 4 units held are this replica's to give: then Redis must be asked, and cannot be

@@ -21,7 +21,7 @@ from gateway.ledger import Ledger
 from gateway.limits import Limiter, reset_text
 from scripts.local_redis import LocalRedis
 from tests.gateway.fakes import Replica, Reply, chat, chunk, completion, model_replica, running, sse
-from tests.gateway.private_redis import bearer, create_key, gateway_on_redis
+from tests.gateway.private_redis import bearer, create_key, gateway_for, gateway_on_redis, kill
 from tests.services import Service, free_port, start_service
 
 STREAMED = [chunk("Hi"), chunk(finish="stop"), b"data: [DONE]\n\n"]
@@ -207,20 +207,11 @@ async def test_redis_killed_mid_run_follows_the_failure_policy(
 ) -> None:
     replica = model_replica()
     own = private_redis()
-    async with (
-        running(replica),
-        gateway_on_redis(
-            {"inference-gguf": [replica.url]},
-            own.url,
-            redis_prefix,
-            rate_limit_anonymous={"rpm": 100},
-            redis_failure=policy,
-        ) as client,
-    ):
+    async with gateway_for(
+        replica, own.url, redis_prefix, rate_limit_anonymous={"rpm": 100}, redis_failure=policy
+    ) as client:
         before = await client.post("/v1/chat/completions", content=chat())
-        assert own.process is not None
-        own.process.kill()
-        own.process.wait()
+        kill(own)
         after = await client.post("/v1/chat/completions", content=chat())
         streamed = await client.post("/v1/chat/completions", content=chat(stream=True))
     assert before.status_code == 200 and before.headers["x-ratelimit-remaining-requests"] == "99"
