@@ -63,7 +63,7 @@ async def test_a_password_and_a_database_are_used(private_redis: Start) -> None:
     _close(limiter)
     await redis.aclose()
     await db0.aclose()
-    assert [k.decode() for k in stored] == [plan.limits[0].key]
+    assert [k.decode() for k in stored] == [plan.limits[0].state.key.decode()]
     assert in_db0 == []
 
 

@@ -84,13 +84,15 @@ class Lease:
 
     def usable(self, now_ms: float) -> int:
         """The units held whose slots are still ahead (the units held are the block's last slots)."""
-        return min(self.units, max(math.floor((self.until_ms - now_ms) / self.interval_ms), 0))
+        slots = int((self.until_ms - now_ms) / self.interval_ms)  # (rounded toward 0: the same once at least 0)
+        if slots <= 0:
+            return 0
+        return self.units if self.units < slots else slots
 
-    def view(self, now_ms: float, usable: int | None = None) -> tuple[int, int]:
-        """Remaining units and milliseconds until the limit is whole again, as this replica sees them (holding
-        ``usable`` units: by default, what it holds)."""
-        held = self.usable(now_ms) if usable is None else usable
-        ahead = max(self.tat_ms - held * self.interval_ms - now_ms, 0.0)
+    def view(self, now_ms: float, usable: int) -> tuple[int, int]:
+        """Remaining units and milliseconds until the limit is whole again, as this replica sees them, holding
+        ``usable`` units (:meth:`usable`)."""
+        ahead = max(self.tat_ms - usable * self.interval_ms - now_ms, 0.0)
         return max(math.floor((_WINDOW_MS - ahead) / self.interval_ms + 1e-6), 0), math.ceil(ahead)
 
 
@@ -142,21 +144,14 @@ class LeaseBook:
         left = []
         for lease in plan.leases:
             cost = tokens if lease.tokens else 1
-            usable = lease.units
-            slots = (lease.until_ms - now_ms) / lease.interval_ms
-            if slots < usable:
-                usable = int(slots)
+            usable = lease.usable(now_ms)
             if usable < cost or cost <= 0:
                 return None
             left.append(usable - cost)
-        row: list[Any] = [1]
-        for lease, usable in zip(plan.leases, left, strict=True):
+        for lease in plan.leases:
             lease.units -= tokens if lease.tokens else 1
-            row += lease.view(now_ms, usable)
-            row += _NOT_REFUSED
         plan.admitted_at = now
-        row.append(None)
-        return row
+        return _row(plan.leases, now_ms, left)
 
     def wants(self, plan: Plan, tokens: int, now: float) -> list[int] | None:
         """A request ``plan``'s leases could not admit goes to Redis; this says what to ask for beside it: a
@@ -169,7 +164,7 @@ class LeaseBook:
         now_ms = now * 1000
         wants = []
         for lease in plan.leases:
-            cost = tokens if lease.limit.tokens else 1
+            cost = tokens if lease.tokens else 1
             if lease.size < MIN_REQUESTS * cost:
                 return None
             wants.append(lease.size if lease.usable(now_ms) < cost and lease.asked is None else 0)
@@ -212,7 +207,15 @@ class LeaseBook:
     def view(self, plan: Plan, now: float) -> list[Any]:
         """The row of a request admitted from ``plan``'s leases: the limits as this replica sees them."""
         now_ms = now * 1000
-        view: list[Any] = [1]
-        for lease in plan.leases:
-            view += [*lease.view(now_ms), 0, 0]
-        return [*view, None]
+        return _row(plan.leases, now_ms, [lease.usable(now_ms) for lease in plan.leases])
+
+
+def _row(leases: Sequence[Lease], now_ms: float, held: Sequence[int]) -> list[Any]:
+    """A row in the script's layout (``limits.lua``) for an admitted request, from this replica's view of its
+    limits, holding ``held`` usable units of each."""
+    row: list[Any] = [1]
+    for lease, usable in zip(leases, held, strict=True):
+        row += lease.view(now_ms, usable)
+        row += _NOT_REFUSED
+    row.append(None)
+    return row

@@ -80,10 +80,6 @@ class _Limit:
     what: str  # for the refusal's message, e.g. "the API key's"
 
     @property
-    def key(self) -> str:
-        return self.state.key.decode()
-
-    @property
     def per_minute(self) -> int:
         return self.state.per_minute
 
@@ -106,7 +102,7 @@ class Plan:
         self.states = tuple(limit.state for limit in limits)
         self.token_states = tuple(limit.state for limit in limits if limit.kind == "tokens")
         self.leases = leases
-        self.token_leases = tuple(lease for lease in leases if lease.limit.tokens)
+        self.token_leases = tuple(lease for lease in leases if lease.tokens)
         self.admitted_at = -math.inf  # when a request of this plan was last admitted
         # per kind present: (its limit's header, then the names of the remaining and reset headers, the index
         # of its remaining count in the script's row) for each of its limits

@@ -129,13 +129,7 @@ class FastConnection:
         protocol = self._protocol
         if protocol is None:
             return False
-        loop = asyncio.get_running_loop()
-        self._outgoing.append(command)
-        self._flush()  # with what was queued before it; a flush scheduled for those finds nothing left
-        now = loop.time()
-        self.waiting.extend([(receiver, now) for receiver in receivers])
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self.timeout_s, self._check)
+        self._queue(protocol, command, receivers, now=True)
         return True
 
     def is_open(self) -> bool:
@@ -145,19 +139,20 @@ class FastConnection:
         """Queue the command; the commands queued in one turn of the event loop go out in one write (one
         system call for all the requests that asked meanwhile, instead of one each). The future of its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue(protocol, command, future, now=False)
+        self._queue(protocol, command, (future,), now=False)
         return future
 
-    def _queue(self, protocol: _Protocol, command: bytes, waiter: Receiver, *, now: bool) -> None:
-        """``command`` queued, its reply to go to ``waiter``; ``now``: written at once with what was queued
-        before it, else with the rest of this loop turn's."""
+    def _queue(self, protocol: _Protocol, command: bytes, waiters: Sequence[Receiver], *, now: bool) -> None:
+        """``command`` (one command per waiter) queued, each reply to go to its waiter in order; ``now``: written
+        at once with what was queued before it, else with the rest of this loop turn's."""
         loop = asyncio.get_running_loop()
         if not self._outgoing and not now:
             loop.call_soon(self._flush)
         self._outgoing.append(command)
         if now:
             self._flush()  # a flush scheduled for earlier commands finds nothing left
-        self.waiting.append((waiter, loop.time()))
+        queued_at = loop.time()
+        self.waiting.extend([(waiter, queued_at) for waiter in waiters])
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout_s, self._check)
 
